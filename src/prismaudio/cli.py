@@ -1,0 +1,185 @@
+"""`prismaudio` command line: `generate`, `convert-official` (later issues add more subcommands).
+
+Every user error is one line on stderr and exit code 2; outputs are staged in a temporary
+directory and moved into `--out` only when everything succeeded, so a failure writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .errors import PrismAudioError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_MODEL_NAME = "prismaudio-mini"
+
+
+def default_model_dir() -> Path | None:
+    """$PRISMAUDIO_MODEL, else the shipped `models/prismaudio-mini` of a source checkout."""
+    env = os.environ.get("PRISMAUDIO_MODEL")
+    if env:
+        return Path(env)
+    shipped = REPO_ROOT / "models" / DEFAULT_MODEL_NAME
+    return shipped if (shipped / "config.json").is_file() else None
+
+
+def load_pipeline(spec: str | None):
+    """A model directory, or `preset:NAME` for randomly initialised weights (tests, smoke runs)."""
+    from .pipeline import PrismAudioPipeline
+
+    if spec is None:
+        found = default_model_dir()
+        if found is None:
+            print(
+                f"prismaudio: warning: no trained default model found (models/{DEFAULT_MODEL_NAME}); "
+                "using randomly initialised 'mini' weights, so the sound is not meaningful",
+                file=sys.stderr,
+            )
+            spec = "preset:mini"
+        else:
+            spec = str(found)
+    if spec.startswith("preset:"):
+        return PrismAudioPipeline.from_preset(spec.split(":", 1)[1])
+    return PrismAudioPipeline.from_pretrained(spec)
+
+
+def read_text_arg(value: str | None) -> str | None:
+    """`TEXT` or `@FILE` (UTF-8)."""
+    if value is None or not value.startswith("@"):
+        return value
+    path = Path(value[1:])
+    try:
+        return path.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise PrismAudioError(f"cannot read {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise PrismAudioError(f"{path} is not valid UTF-8 text") from None
+
+
+def publish(staging: Path, out: Path) -> list[Path]:
+    """Move every staged file into `out` (created only now)."""
+    out.mkdir(parents=True, exist_ok=True)
+    moved = []
+    for f in sorted(staging.iterdir()):
+        dest = out / f.name
+        shutil.move(str(f), dest)
+        moved.append(dest)
+    return moved
+
+
+# ------------------------------------------------------------------------------------ generate
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from .io.audio import save_wav
+    from .io.spectrogram import save_spectrogram_png
+    from .io.video import mux_audio, probe_video
+
+    video = Path(args.video)
+    if args.steps <= 0:
+        raise PrismAudioError(f"--steps must be a positive integer, got {args.steps}")
+    if args.duration is not None and not args.duration > 0:
+        raise PrismAudioError(f"--duration must be > 0 s, got {args.duration:g}")
+    probe_video(video)  # fail fast on a bad video before loading the model
+    cot = read_text_arg(args.cot)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    pipe = load_pipeline(args.model)
+    bar = tqdm(total=args.steps, desc="sampling", unit="step", disable=args.quiet, leave=False)
+
+    def progress(i: int, total: int) -> None:
+        bar.update(1)
+
+    result = pipe.generate(
+        video, cot=cot, duration=args.duration, seed=args.seed, steps=args.steps, cfg_scale=args.cfg, progress=progress
+    )
+    bar.close()
+    name = args.name or video.stem
+    with tempfile.TemporaryDirectory(prefix="prismaudio-") as tmp:
+        staging = Path(tmp)
+        save_wav(staging / f"{name}.wav", result.audio, result.sample_rate)
+        mux_audio(video, result.audio, result.sample_rate, staging / f"{name}.mp4")
+        save_spectrogram_png(staging / f"{name}.png", result.audio, result.sample_rate, title=name)
+        if result.cot:
+            (staging / f"{name}.cot.txt").write_text(result.cot + "\n", encoding="utf-8")
+        written = publish(staging, Path(args.out))
+    if not args.quiet:
+        for p in written:
+            print(p)
+    return 0
+
+
+# ------------------------------------------------------------------------- convert-official
+def cmd_convert_official(args: argparse.Namespace) -> int:
+    from .model.official import convert_official_checkpoint
+
+    out = Path(args.out)
+    with tempfile.TemporaryDirectory(prefix="prismaudio-convert-") as tmp:
+        staged = Path(tmp) / out.name
+        convert_official_checkpoint(args.weights, staged, config=args.config, vae_weights=args.vae)
+        if out.exists() and any(out.iterdir()):
+            raise PrismAudioError(f"--out {out} exists and is not empty")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.exists():
+            out.rmdir()
+        shutil.move(str(staged), out)
+    print(out)
+    return 0
+
+
+# ---------------------------------------------------------------------------------- parser
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2), like every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"prismaudio: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="prismaudio", description="PrismAudio video-to-audio generation")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    g = sub.add_parser("generate", help="generate stereo sound for a video")
+    g.add_argument("video", help="input video file")
+    g.add_argument("--cot", default=None, help="chain-of-thought plan: TEXT or @FILE")
+    g.add_argument("--out", default="outputs", help="output directory (default: outputs)")
+    g.add_argument("--name", default=None, help="output base name (default: the video's stem)")
+    g.add_argument("--steps", type=int, default=24, help="sampling steps (default 24)")
+    g.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: model's)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--duration", type=float, default=None, help="seconds (default: the video's, max 60)")
+    g.add_argument("--model", default=None, help="model directory, or preset:NAME for random weights")
+    g.add_argument("--quiet", action="store_true", help="no progress bar, no file list")
+    g.set_defaults(func=cmd_generate)
+
+    c = sub.add_parser("convert-official", help="convert an official PrismAudio checkpoint")
+    c.add_argument("--weights", required=True, help="official prismaudio.ckpt or .safetensors")
+    c.add_argument("--config", default=None, help="official model config JSON (default: the paper config)")
+    c.add_argument("--vae", default=None, help="optional official vae.ckpt overriding the pretransform")
+    c.add_argument("--out", required=True, help="output checkpoint directory")
+    c.set_defaults(func=cmd_convert_official)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except PrismAudioError as e:
+        print(f"prismaudio: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("prismaudio: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

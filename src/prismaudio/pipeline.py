@@ -1,0 +1,283 @@
+"""`PrismAudioPipeline`: video (+ CoT) -> stereo audio, and the checkpoint directory format.
+
+A checkpoint is a directory holding `config.json` (a `ModelConfig`) and safetensors files:
+`model.safetensors` (the DiT under `dit.` and the condition MLPs under `conditioner.`),
+`vae.safetensors` (the Oobleck autoencoder) and `encoders.safetensors` (trainable built-in
+encoders, under `video.` / `sync.`). Frozen pretrained encoders (MiniLM, T5-Gemma, ...) are loaded
+from their own location and never copied into our files. No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from .config import ModelConfig, load_model_config, preset
+from .encoders.base import Encoder, build_encoder
+from .errors import PrismAudioError
+from .io.video import probe_video, read_frames_multi
+from .model.conditioning import Conditioner, ConditionTokens
+from .model.dit import DiffusionTransformer
+from .model.vae import OobleckVAE
+from .sampling import guided_velocity, inference_timesteps, sample_ode
+
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+VAE_FILE = "vae.safetensors"
+ENCODERS_FILE = "encoders.safetensors"
+
+
+@dataclass
+class Features:
+    """Raw encoder features for one clip (batch of 1), before the condition MLPs."""
+
+    video: Tensor  # [1, Tv, Dv]
+    sync: Tensor  # [1, Ts, Ds]
+    text: Tensor  # [1, Lt, Dt]
+    duration: float
+
+
+@dataclass
+class GenerationResult:
+    audio: Tensor  # [2, S] float32 in [-1, 1]
+    sample_rate: int
+    latents: Tensor  # [1, C, N]
+    duration: float
+    cot: str
+
+
+class PrismAudioPipeline(nn.Module):
+    """Encoders -> condition MLPs -> DiT + sampler -> VAE decode."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        dit: DiffusionTransformer,
+        conditioner: Conditioner,
+        vae: OobleckVAE,
+        video_encoder: Encoder,
+        sync_encoder: Encoder,
+        text_encoder: Encoder,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.dit = dit
+        self.conditioner = conditioner
+        self.vae = vae
+        self.video_encoder = video_encoder
+        self.sync_encoder = sync_encoder
+        self.text_encoder = text_encoder
+
+    # ---------------------------------------------------------------- construction / checkpoints
+    @classmethod
+    def from_config(cls, config: ModelConfig, seed: int = 0) -> "PrismAudioPipeline":
+        """Freshly initialised weights (official init), drawn from a seeded generator."""
+        with _seeded(seed):
+            pipe = cls(
+                config,
+                DiffusionTransformer(config.dit),
+                Conditioner(config.conditioner),
+                OobleckVAE(config.vae),
+                build_encoder(config.encoders.video),
+                build_encoder(config.encoders.sync),
+                build_encoder(config.encoders.text),
+            )
+        return pipe.eval()
+
+    @classmethod
+    def from_preset(cls, name: str, seed: int = 0) -> "PrismAudioPipeline":
+        return cls.from_config(preset(name), seed=seed)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> "PrismAudioPipeline":
+        """Load a checkpoint directory written by `save_pretrained` (or `convert-official`)."""
+        root = Path(path)
+        if not root.is_dir():
+            raise PrismAudioError(f"model directory {root} does not exist or is not a directory")
+        config = load_model_config(root / CONFIG_FILE)
+        pipe = cls.from_config(config)
+        parts: dict[str, nn.Module] = {MODEL_FILE: _ModelPart(pipe.dit, pipe.conditioner), VAE_FILE: pipe.vae}
+        encoders = _EncodersPart(pipe.video_encoder, pipe.sync_encoder)
+        if _state_size(encoders):
+            parts[ENCODERS_FILE] = encoders
+        for fname, module in parts.items():
+            _load_into(module, root / fname, config.preset)
+        return pipe.eval()
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write config + safetensors atomically: a crash mid-save leaves the old directory intact."""
+        root = Path(path)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+        try:
+            (tmp / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=1) + "\n")
+            save_file(_contiguous(_ModelPart(self.dit, self.conditioner).state_dict()), tmp / MODEL_FILE)
+            save_file(_contiguous(self.vae.state_dict()), tmp / VAE_FILE)
+            enc = _EncodersPart(self.video_encoder, self.sync_encoder).state_dict()
+            if enc:
+                save_file(_contiguous(enc), tmp / ENCODERS_FILE)
+            if root.exists():
+                old = root.with_name(f".{root.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(root, old)
+                os.replace(tmp, root)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, root)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    # ---------------------------------------------------------------- conditioning
+    @torch.no_grad()
+    def extract_features(self, video: str | os.PathLike, cot: str = "", duration: float | None = None) -> Features:
+        """Decode the video once, run the video / sync / text encoders (batch of 1)."""
+        info = probe_video(video)
+        duration = self._check_duration(info.duration if duration is None else duration)
+        rates = [(self.video_encoder.fps, self.video_encoder.size), (self.sync_encoder.fps, self.sync_encoder.size)]
+        frames_v, frames_s = read_frames_multi(video, rates, duration=duration)
+        dev = self.device
+        v = self.video_encoder(frames_v.unsqueeze(0).to(dev))
+        s = self.sync_encoder(frames_s.unsqueeze(0).to(dev))
+        text, _ = self.text_encoder.encode_text([cot])
+        return Features(video=v, sync=s, text=text.to(dev), duration=duration)
+
+    def condition(self, feats: Features) -> ConditionTokens:
+        n = self.config.latent_length(feats.duration)
+        return self.conditioner(feats.video, feats.text, feats.sync, latent_length=n)
+
+    # ---------------------------------------------------------------- generation
+    @torch.no_grad()
+    def generate(
+        self,
+        video: str | os.PathLike,
+        cot: str | None = None,
+        duration: float | None = None,
+        seed: int = 0,
+        steps: int | None = None,
+        cfg_scale: float | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> GenerationResult:
+        """Sound for `video`. Same seed -> bit-identical audio on CPU.
+
+        `cot` is the chain-of-thought plan (any text; empty = unconditioned text). Duration
+        defaults to the video's; the official predict path's peak normalisation is replaced by a
+        clip guard (audio is only scaled down when it would clip), so loudness is preserved.
+        """
+        steps = self.config.sampling.steps if steps is None else int(steps)
+        if steps <= 0:
+            raise PrismAudioError(f"steps must be a positive integer, got {steps}")
+        cfg = self.config.sampling.cfg_scale if cfg_scale is None else float(cfg_scale)
+        cot = "" if cot is None else cot
+        feats = self.extract_features(video, cot, duration)
+        cond = self.condition(feats)
+        latents = self.sample_latents(cond, seed=seed, steps=steps, cfg_scale=cfg, progress=progress)
+        audio = self.decode(latents, feats.duration)[0]
+        return GenerationResult(audio, self.config.sample_rate, latents, feats.duration, cot)
+
+    def sample_latents(
+        self,
+        cond: ConditionTokens,
+        seed: int = 0,
+        steps: int = 24,
+        cfg_scale: float = 5.0,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Tensor:
+        n = cond.sync.shape[1] if cond.sync is not None else None
+        if n is None:
+            raise PrismAudioError("the sync condition is required to know the latent length")
+        gen = torch.Generator(device="cpu").manual_seed(int(seed))
+        noise = torch.randn(cond.batch_size, self.config.dit.io_channels, n, generator=gen).to(self.device)
+        fn = guided_velocity(self.dit, cond, cfg_scale)
+        return sample_ode(fn, noise, inference_timesteps(steps).to(self.device), progress=progress)
+
+    def decode(self, latents: Tensor, duration: float) -> Tensor:
+        audio = self.vae.decode(latents)
+        audio = audio[..., : round(duration * self.config.sample_rate)]
+        peak = audio.abs().amax(dim=(-1, -2), keepdim=True).clamp_min(1.0)
+        return (audio / peak).clamp(-1.0, 1.0).float().cpu()
+
+    # ---------------------------------------------------------------- helpers
+    @property
+    def device(self) -> torch.device:
+        return next(self.dit.parameters()).device
+
+    def _check_duration(self, duration: float) -> float:
+        if not duration > 0:
+            raise PrismAudioError(f"duration must be > 0 s, got {duration:g}")
+        if duration > self.config.max_duration:
+            raise PrismAudioError(f"duration {duration:g} s exceeds the maximum of {self.config.max_duration:g} s")
+        return float(duration)
+
+
+class _ModelPart(nn.Module):
+    """Names the DiT + conditioner pair so one file holds both under `dit.` / `conditioner.`."""
+
+    def __init__(self, dit: nn.Module, conditioner: nn.Module) -> None:
+        super().__init__()
+        self.dit = dit
+        self.conditioner = conditioner
+
+
+class _EncodersPart(nn.Module):
+    def __init__(self, video: nn.Module, sync: nn.Module) -> None:
+        super().__init__()
+        self.video = video
+        self.sync = sync
+
+
+def _state_size(module: nn.Module) -> int:
+    return len(module.state_dict())
+
+
+def _contiguous(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+
+
+def _load_into(module: nn.Module, file: Path, preset_name: str) -> None:
+    try:
+        sd = load_file(file)
+    except FileNotFoundError:
+        raise PrismAudioError(f"checkpoint file {file} is missing") from None
+    except (SafetensorError, OSError) as e:
+        raise PrismAudioError(f"cannot read checkpoint file {file}: {e}") from None
+    own = module.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    bad = [k for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or bad:
+        what = []
+        if missing:
+            what.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            what.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if bad:
+            k = bad[0]
+            what.append(f"{len(bad)} with wrong shape (e.g. {k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)})")
+        raise PrismAudioError(
+            f"{file.name} does not match the '{preset_name}' config in {file.parent}: " + "; ".join(what)
+        )
+    module.load_state_dict(sd, strict=True)
+
+
+class _seeded:
+    """Context manager: deterministic parameter init without touching the caller's global RNG."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def __enter__(self) -> None:
+        self._state = torch.random.get_rng_state()
+        torch.manual_seed(self.seed)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.random.set_rng_state(self._state)
