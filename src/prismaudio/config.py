@@ -130,13 +130,13 @@ def _mini() -> ModelConfig:
         sample_rate=16000,
         duration=4.0,
         dit=DiTConfig(
-            io_channels=16, embed_dim=256, depth=6, num_heads=4,
+            io_channels=16, embed_dim=256, depth=4, num_heads=4,
             cond_token_dim=256, add_token_dim=256, sync_token_dim=256,
         ),
         conditioner=ConditionerConfig(
             video_dim=128, text_dim=384, sync_dim=128, output_dim=256, sync_tokens_per_segment=1
         ),
-        vae=VAEConfig(channels=32, c_mults=[1, 2, 4, 8], strides=[4, 4, 4, 8], latent_dim=16),
+        vae=VAEConfig(channels=16, c_mults=[2, 4, 8, 16], strides=[4, 4, 4, 8], latent_dim=16),
         encoders=EncodersConfig(
             video=EncoderSpec("light_video", {"dim": 128, "fps": 8.0, "size": 64}),
             sync=EncoderSpec("light_sync", {"dim": 128, "fps": 25.0, "size": 64}),

@@ -7,10 +7,15 @@ training drops them (three independent masks, official_network.md §6).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from ..config import ConditionerConfig
+from ..errors import PrismAudioError
+from .layers import MLP, interpolate_time
 
 
 @dataclass
@@ -71,3 +76,74 @@ class ConditionTokens:
 
         sync = None if self.sync is None else _mask(self.sync, keep[2])
         return ConditionTokens(_mask(self.cross, keep[0]), _mask(self.add, keep[1]), sync)
+
+
+# -------------------------------------------------------------------------------- conditioner
+def official_sync_length(num_tokens: int) -> int:
+    """Official Sync_MLP output length int(194 * L / 216): 216 Synchformer tokens -> 194 latents."""
+    return int(194 * num_tokens / 216)
+
+
+def pad_tokens(seqs: Sequence[Tensor]) -> Tensor:
+    """[Li, D] tensors -> [B, max Li, D], zero padded at the end (like pad_sequence)."""
+    if len(seqs) == 0:
+        raise PrismAudioError("the text batch is empty")
+    out = seqs[0].new_zeros(len(seqs), max(s.shape[0] for s in seqs), seqs[0].shape[-1])
+    for i, s in enumerate(seqs):
+        out[i, : s.shape[0]] = s
+    return out
+
+
+class Conditioner(nn.Module):
+    """The official condition MLPs (`conditioner.conditioners.*`): encoder features -> tokens.
+
+    video, text: Linear-SiLU-Linear (bias-free). sync: a learned position embedding per token inside
+    a Synchformer segment, the MLP, then linear interpolation along time to the target length:
+    the latent length N (`sync_length="latent"`, any duration) or the official int(194 L / 216)
+    (`"official"`, which only matches N for integer durations of 8-15 s).
+    """
+
+    def __init__(self, cfg: ConditionerConfig) -> None:
+        super().__init__()
+        if cfg.sync_length not in ("latent", "official"):
+            raise PrismAudioError(f"sync_length must be 'latent' or 'official', got {cfg.sync_length!r}")
+        self.cfg = cfg
+        self.video = MLP(cfg.video_dim, cfg.output_dim)
+        self.text = MLP(cfg.text_dim, cfg.output_dim)
+        self.sync = MLP(cfg.sync_dim, cfg.output_dim)
+        self.sync_pos_emb = nn.Parameter(torch.zeros(1, 1, cfg.sync_tokens_per_segment, cfg.sync_dim))
+        if cfg.keep_unused_official_params:
+            # parity only: the official base class creates this projection but never calls it
+            self.sync_proj_out = nn.Linear(cfg.sync_dim, cfg.output_dim)
+
+    def forward(
+        self,
+        video: Tensor,
+        text: Tensor | Sequence[Tensor],
+        sync: Tensor | None,
+        latent_length: int,
+    ) -> ConditionTokens:
+        """video [B, Tv, Dv], text [B, Lt, Dt] (zero padded) or a list of [Li, Dt], sync [B, Ts, Ds]."""
+        dtype = self.video.fc1.weight.dtype
+        if not isinstance(text, Tensor):
+            text = pad_tokens(list(text))
+        c_video = self.video(video.to(dtype))
+        c_text = self.text(text.to(dtype))
+        if c_text.shape[0] != c_video.shape[0]:
+            raise PrismAudioError(f"batch mismatch: {c_video.shape[0]} videos but {c_text.shape[0]} texts")
+        cross = torch.cat((c_video, c_text), dim=1)
+        c_sync = None if sync is None else self.embed_sync(sync.to(dtype), latent_length)
+        return ConditionTokens(cross=cross, add=c_video, sync=c_sync)
+
+    def embed_sync(self, sync: Tensor, latent_length: int) -> Tensor:
+        b, length, dim = sync.shape
+        p = self.cfg.sync_tokens_per_segment
+        if length % p:
+            raise PrismAudioError(f"sync features have {length} tokens, not a multiple of {p} per segment")
+        s = (sync.reshape(b, length // p, p, dim) + self.sync_pos_emb).reshape(b, length, dim)
+        s = self.sync(s)
+        target = latent_length if self.cfg.sync_length == "latent" else official_sync_length(length)
+        return interpolate_time(s, target)
+
+    def param_count(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

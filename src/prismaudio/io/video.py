@@ -1,0 +1,370 @@
+"""Video decoding, frame-rate resampling and muxing a generated track back into the video (PyAV).
+
+Frames are sampled like the official feature extractors: the frame *shown* at each time k/fps
+(k = 0..T-1, T = int(fps * duration)), the last frame repeated when the stream is shorter than the
+request. Several rates (video encoder ~8 fps, sync encoder 25 fps) come from ONE decode pass, since
+decoding dominates the cost. Every user-facing failure raises `PrismAudioError` with one sentence.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+from av.video.reformatter import VideoReformatter
+from torch import Tensor
+
+from ..errors import PrismAudioError
+from .audio import resample
+
+PathLike = str | os.PathLike
+
+# A frame counts as "shown at t" if its timestamp is <= t + this tolerance: container time bases
+# (e.g. 1/12800, 1001/30000) cannot represent every k/fps exactly.
+_TIME_EPS = 1e-4
+# Frames whose short side exceeds this multiple of the largest requested size are pre-shrunk.
+_PRESHRINK = 4
+_AAC_RATES = (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
+
+
+@dataclass
+class VideoInfo:
+    """What `probe_video` learns from the container (duration in seconds, stream fps)."""
+
+    duration: float
+    fps: float
+    width: int
+    height: int
+    num_frames: int
+    has_audio: bool
+
+
+def _open(path: PathLike) -> av.container.InputContainer:
+    """Open a media file for reading, turning every failure into one clear sentence."""
+    p = Path(path)
+    if not p.exists():
+        raise PrismAudioError(f"video file not found: {p}")
+    if p.is_dir():
+        raise PrismAudioError(f"expected a video file but got a directory: {p}")
+    if p.stat().st_size == 0:
+        raise PrismAudioError(f"video file is empty (0 bytes): {p}")
+    try:
+        return av.open(str(p), mode="r")
+    except PermissionError:
+        raise PrismAudioError(f"cannot read video file (permission denied): {p}") from None
+    except av.InvalidDataError:
+        raise PrismAudioError(f"not a readable media file (corrupt or unsupported format): {p}") from None
+    except (av.FFmpegError, OSError, UnicodeDecodeError, ValueError) as e:
+        raise PrismAudioError(f"cannot open media file {p}: {e}") from None
+
+
+def _video_stream(container: av.container.InputContainer, path: PathLike) -> av.video.stream.VideoStream:
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams}) or ["none"]
+        raise PrismAudioError(f"file has no video stream (streams: {', '.join(kinds)}): {path}")
+    return container.streams.video[0]
+
+
+def _stream_fps(stream: av.video.stream.VideoStream) -> float:
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate is not None and float(rate) > 0:
+            return float(rate)
+    return 25.0  # unknown rate: the common default; only used for estimates, never for sampling
+
+
+def _stream_start(stream: av.video.stream.VideoStream) -> float:
+    if stream.start_time is not None and stream.time_base is not None:
+        return float(stream.start_time * stream.time_base)
+    return 0.0
+
+
+def _metadata_duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float | None:
+    if stream.duration is not None and stream.time_base is not None and stream.duration > 0:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None and container.duration > 0:
+        return container.duration / av.time_base
+    return None
+
+
+def _packet_duration(path: PathLike) -> float:
+    """Duration from the packet timestamps (demux only, no decoding) when metadata lacks it."""
+    with _open(path) as c:
+        s = _video_stream(c, path)
+        first, end = None, 0.0
+        for pkt in c.demux(s):
+            if pkt.pts is None or pkt.time_base is None:
+                continue
+            t = float(pkt.pts * pkt.time_base)
+            first = t if first is None else min(first, t)
+            end = max(end, t + float((pkt.duration or 0) * pkt.time_base))
+        return 0.0 if first is None else end - first
+
+
+def probe_video(path: PathLike) -> VideoInfo:
+    """Read the container metadata and decode one frame, so a file that passes is really usable."""
+    with _open(path) as c:
+        stream = _video_stream(c, path)
+        fps = _stream_fps(stream)
+        duration = _metadata_duration(c, stream)
+        try:
+            frame = next(c.decode(stream), None)
+        except (av.FFmpegError, OSError) as e:
+            raise PrismAudioError(f"cannot decode video stream: {path} ({e})") from None
+        if frame is None:
+            raise PrismAudioError(f"video has no decodable frames (zero-length video): {path}")
+        has_audio = bool(c.streams.audio)
+        n = int(stream.frames or 0)
+        width, height = frame.width, frame.height
+    if duration is None:
+        duration = _packet_duration(path)
+    if n <= 0:
+        n = max(1, round(duration * fps))
+    return VideoInfo(duration=duration, fps=fps, width=width, height=height, num_frames=n, has_audio=has_audio)
+
+
+def num_samples(fps: float, duration: float) -> int:
+    """Frames requested for `duration` s at `fps` (official: int(fps * duration)); at least one.
+
+    The tiny epsilon keeps e.g. 25 * 1.9999999 from losing a frame to float rounding.
+    """
+    return max(1, int(fps * duration + 1e-6))
+
+
+def _to_square(frame: av.VideoFrame, sizes: Sequence[int], fmt: VideoReformatter) -> dict[int, Tensor]:
+    """Center-crop to a square and resize (bilinear, antialiased) to each requested size.
+
+    Frames much larger than needed (HD video for 64 px encoders) are first shrunk by swscale with
+    an area filter while converting to RGB: one pass instead of a full-size RGB copy, ~5x faster.
+    `fmt` is shared by all frames of a read, so swscale's context is built once, not per frame.
+    """
+    side = min(frame.width, frame.height)
+    if side > _PRESHRINK * max(sizes):
+        scale = _PRESHRINK * max(sizes) / side
+        w, h = max(1, round(frame.width * scale)), max(1, round(frame.height * scale))
+        rgb = fmt.reformat(frame, format="rgb24", width=w, height=h, interpolation="AREA").to_ndarray()
+    else:
+        rgb = fmt.reformat(frame, format="rgb24").to_ndarray()
+    h, w = rgb.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[:, top : top + side, left : left + side].unsqueeze(0).float()
+    out = {}
+    for size in sizes:
+        y = x if size == side else F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out[size] = y[0].div(255.0).clamp_(0.0, 1.0)
+    return out
+
+
+class _Sampler:
+    """Collects the frame shown at each target time t_k = k/fps for one (fps, size) request."""
+
+    def __init__(self, fps: float, size: int, count: int):
+        if not (fps > 0 and math.isfinite(fps)):
+            raise PrismAudioError(f"frame rate must be a positive number, got {fps}")
+        if int(size) != size or size < 1:
+            raise PrismAudioError(f"frame size must be a positive integer, got {size}")
+        self.fps, self.size, self.count = float(fps), int(size), count
+        self.frames: list[Tensor] = []
+
+    @property
+    def done(self) -> bool:
+        return len(self.frames) >= self.count
+
+    def next_time(self) -> float:
+        return len(self.frames) / self.fps
+
+    def take_until(self, t_next: float, shown: Tensor) -> None:
+        """`shown` is on screen until `t_next` (the next frame's time): assign it to targets before that."""
+        while not self.done and self.next_time() < t_next - _TIME_EPS:
+            self.frames.append(shown)
+
+    def fill(self, last: Tensor) -> None:
+        """Stream ended: repeat the last frame for the remaining targets (official behaviour)."""
+        while not self.done:
+            self.frames.append(last)
+
+
+def read_frames_multi(
+    path: PathLike, specs: Sequence[tuple[float, int]], duration: float | None = None, start: float = 0.0
+) -> list[Tensor]:
+    """Decode once and return one [T_i, 3, size_i, size_i] float32 tensor in [0, 1] per (fps, size).
+
+    T_i = int(fps_i * duration) (at least 1); `duration` defaults to the rest of the video after
+    `start`. Target k shows the last frame whose timestamp is <= start + k/fps; targets past the end
+    of the stream repeat the last decoded frame. Decoding stops as soon as every request is filled.
+    """
+    if not specs:
+        return []
+    if start < 0 or not math.isfinite(start):
+        raise PrismAudioError(f"start time must be >= 0 seconds, got {start}")
+    if duration is not None and not (duration > 0 and math.isfinite(duration)):
+        raise PrismAudioError(f"duration must be a positive number of seconds, got {duration}")
+    with _open(path) as c:
+        stream = _video_stream(c, path)
+        total = _metadata_duration(c, stream)
+        if total is None and (duration is None or start > 0):
+            total = _packet_duration(path)
+        if start > 0 and total is not None and start >= total:
+            raise PrismAudioError(f"start time {start:.3f} s is past the end of the video ({total:.3f} s): {path}")
+        if duration is None:
+            duration = total - start
+        samplers = [_Sampler(fps, size, num_samples(fps, duration)) for fps, size in specs]
+        sizes = sorted({s.size for s in samplers})
+        origin = _stream_start(stream)
+        stream_fps = _stream_fps(stream)
+        stream.thread_type = "AUTO"
+        if start > 0 and stream.time_base is not None:
+            try:  # land on the keyframe at or before `start`; earlier frames are skipped below
+                c.seek(int((origin + start) / stream.time_base), stream=stream, backward=True, any_frame=False)
+            except av.FFmpegError:
+                pass  # unseekable input: decode from the beginning instead
+        pending: av.VideoFrame | None = None  # the frame on screen now (converted only if needed)
+        cache: tuple[av.VideoFrame | None, dict[int, Tensor]] = (None, {})
+        fmt = VideoReformatter()
+        index = 0
+        try:
+            for frame in c.decode(stream):
+                t = frame.time if frame.time is not None else index / stream_fps
+                index += 1
+                t_rel = t - origin - start
+                if t_rel <= _TIME_EPS:  # at or before `start`: the latest such frame is shown at t = 0
+                    pending = frame
+                    continue
+                if pending is None:  # nothing before `start`: the first frame stands in for earlier targets
+                    pending = frame
+                if any(not s.done and s.next_time() < t_rel - _TIME_EPS for s in samplers):
+                    if cache[0] is not pending:
+                        cache = (pending, _to_square(pending, sizes, fmt))
+                    for s in samplers:
+                        s.take_until(t_rel, cache[1][s.size])
+                pending = frame
+                if all(s.done for s in samplers):
+                    break
+        except (av.FFmpegError, OSError) as e:
+            if index == 0:
+                raise PrismAudioError(f"cannot decode video stream: {path} ({e})") from None
+            warnings.warn(f"video decoding stopped early ({e}); repeating the last good frame: {path}", stacklevel=2)
+        if pending is None:
+            if index:
+                raise PrismAudioError(f"no video frames at or after {start:.3f} s: {path}")
+            raise PrismAudioError(f"video has no decodable frames (zero-length video): {path}")
+        if not all(s.done for s in samplers):
+            if cache[0] is not pending:
+                cache = (pending, _to_square(pending, sizes, fmt))
+            for s in samplers:
+                s.fill(cache[1][s.size])
+    return [torch.stack(s.frames) for s in samplers]
+
+
+def read_frames(
+    path: PathLike, fps: float, size: int, duration: float | None = None, start: float = 0.0
+) -> Tensor:
+    """[T, 3, size, size] float32 frames in [0, 1] at `fps`; see `read_frames_multi`."""
+    return read_frames_multi(path, [(fps, size)], duration=duration, start=start)[0]
+
+
+def _atomic_target(out_path: PathLike) -> tuple[Path, str]:
+    out = Path(out_path)
+    if out.is_dir():
+        raise PrismAudioError(f"output path is a directory: {out}")
+    if not out.parent.is_dir():
+        raise PrismAudioError(f"output directory does not exist: {out.parent}")
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=f".part{out.suffix}")
+    os.close(fd)
+    return out, tmp
+
+
+def _encode_aac(container: av.container.OutputContainer, audio: Tensor, sample_rate: int, start_s: float) -> list:
+    """Encode [2, S] float audio to AAC packets (stereo, fltp), starting at `start_s` on the timeline."""
+    stream = container.add_stream("aac", rate=sample_rate, layout="stereo")
+    stream.bit_rate = 192_000
+    data = audio.detach().to("cpu", torch.float32).clamp(-1.0, 1.0).numpy()
+    offset = round(start_s * sample_rate)
+    packets = []
+    chunk = 1024 * 16
+    for i in range(0, data.shape[1], chunk):
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data[:, i : i + chunk]), format="fltp", layout="stereo")
+        frame.sample_rate = sample_rate
+        frame.pts = offset + i
+        packets.extend(stream.encode(frame))
+    packets.extend(stream.encode(None))
+    return packets
+
+
+def mux_audio(video_path: PathLike, audio: Tensor, sample_rate: int, out_path: PathLike) -> None:
+    """Write `out_path` = the input's video stream (packets copied, never re-encoded) + `audio` as AAC.
+
+    Existing audio tracks are dropped. The audio starts with the video stream; a rate AAC cannot
+    store is resampled to the next AAC rate up. The file is
+    written to a temporary name beside `out_path` and renamed, so readers never see a half file.
+    """
+    if not isinstance(audio, Tensor) or audio.ndim != 2 or audio.shape[0] not in (1, 2) or audio.shape[1] == 0:
+        shape = tuple(audio.shape) if isinstance(audio, Tensor) else type(audio).__name__
+        raise PrismAudioError(f"audio to mux must be a [2, S] (or [1, S]) tensor with S > 0, got {shape}")
+    if not torch.isfinite(audio).all():
+        raise PrismAudioError("audio to mux contains NaN or infinite samples")
+    if int(sample_rate) != sample_rate or sample_rate <= 0:
+        raise PrismAudioError(f"sample rate must be a positive integer, got {sample_rate}")
+    if audio.shape[0] == 1:
+        audio = audio.expand(2, -1)
+    sample_rate = int(sample_rate)
+    if sample_rate not in _AAC_RATES:  # AAC has a fixed rate table: go to the next one up
+        target = min((r for r in _AAC_RATES if r >= sample_rate), default=max(_AAC_RATES))
+        audio, sample_rate = resample(audio.float(), sample_rate, target), target
+    fmt = _muxer_for(Path(out_path))
+    out, tmp = _atomic_target(out_path)
+    try:
+        with _open(video_path) as src:
+            vin = _video_stream(src, video_path)
+            try:
+                with av.open(tmp, mode="w", format=fmt) as dst:
+                    vout = dst.add_stream_from_template(vin)
+                    apkts = _encode_aac(dst, audio, sample_rate, _stream_start(vin))
+                    _interleave(src, vin, vout, dst, apkts)
+            except av.FFmpegError as e:
+                raise PrismAudioError(
+                    f"cannot write {out} ({vin.codec_context.name} video + AAC {sample_rate} Hz audio): {e}"
+                ) from None
+        os.replace(tmp, out)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+_MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
+
+
+def _muxer_for(out: Path) -> str:
+    """The container format, from the extension (the temp file's name cannot be trusted for it)."""
+    fmt = _MUXERS.get(out.suffix.lower())
+    if fmt is None:
+        raise PrismAudioError(f"unsupported output video extension {out.suffix!r} (use .mp4, .mov or .mkv)")
+    return fmt
+
+
+def _interleave(src, vin, vout, dst, apkts: list) -> None:
+    """Mux copied video packets and audio packets in time order (good interleaving for players)."""
+    ai = 0
+    for pkt in src.demux(vin):
+        if pkt.dts is None and pkt.pts is None:  # the demuxer's end-of-stream flush packet
+            continue
+        t = float(pkt.dts * pkt.time_base) if pkt.dts is not None else float(pkt.pts * pkt.time_base)
+        while ai < len(apkts) and apkts[ai].pts is not None and float(apkts[ai].pts * apkts[ai].time_base) <= t:
+            dst.mux(apkts[ai])
+            ai += 1
+        pkt.stream = vout
+        dst.mux(pkt)
+    for p in apkts[ai:]:
+        dst.mux(p)

@@ -1,0 +1,123 @@
+"""The PrismAudio diffusion transformer: v = DiT(x_t, t, condition tokens).
+
+A direct transcription of official_network.md §5: learned Fourier timestep features prepended as one
+token, condition MLPs, the video add path interpolated to the latent length and added through a sigmoid
+gate (and the sync path through its own gate), pre-norm blocks, no final norm, 1x1 residual convs
+around the in/out projections. Classifier-free guidance lives outside (zeros in conditioner space).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..config import DiTConfig
+from ..errors import PrismAudioError
+from .conditioning import ConditionTokens
+from .layers import MLP, Block, RotaryEmbedding, interpolate_time
+
+
+class TimestepEmbedding(nn.Module):
+    """e_t = MLP([cos 2πtw ; sin 2πtw]) with learned frequencies w ~ N(0, 1); t is not rescaled."""
+
+    def __init__(self, num_features: int, dim: int) -> None:
+        super().__init__()
+        self.freqs = nn.Parameter(torch.randn(num_features, 1))
+        self.mlp = MLP(2 * num_features, dim, bias=True)
+
+    def forward(self, t: Tensor) -> Tensor:
+        f = (2 * math.pi * t)[:, None] * self.freqs[:, 0]
+        return self.mlp(torch.cat((f.cos(), f.sin()), dim=-1))
+
+
+class DiffusionTransformer(nn.Module):
+    """Velocity network. forward(x [B, C, N], t [B], cond) -> v [B, C, N].
+
+    `official_predict_sync_quirk` (default False) reproduces the official predict.py / app.py
+    inference (official_network.md §8.3): every conditional item's sync tokens are replaced by the
+    learned `empty_sync_feat` (one constant vector over all frames); items whose sync is all zero
+    (the CFG uncond half, dropped conditions) keep 0. Only for parity checks: it discards the
+    Synchformer features.
+    """
+
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.embed_dim
+        if d % cfg.num_heads:
+            raise PrismAudioError(f"embed_dim {d} is not divisible by num_heads {cfg.num_heads}")
+        head_dim = d // cfg.num_heads
+        self.official_predict_sync_quirk = False
+
+        self.time_embed = TimestepEmbedding(cfg.num_fourier_features, d)
+        # official project_cond_tokens=false: the cross MLP keeps the conditioner width
+        self.cross_mlp = MLP(cfg.cond_token_dim, cfg.cond_token_dim)
+        self.add_mlp = MLP(cfg.add_token_dim, d)
+        self.sync_mlp = MLP(cfg.sync_token_dim, d)
+        if cfg.keep_unused_official_params:
+            # never used in our forward; kept so official checkpoints load 1:1 (and for the quirk)
+            self.empty_clip_feat = nn.Parameter(torch.zeros(1, cfg.cond_token_dim))
+            self.empty_sync_feat = nn.Parameter(torch.zeros(1, cfg.sync_token_dim))
+
+        c = cfg.io_channels
+        self.pre_conv = nn.Conv1d(c, c, 1, bias=False)
+        self.post_conv = nn.Conv1d(c, c, 1, bias=False)
+        nn.init.zeros_(self.pre_conv.weight)
+        nn.init.zeros_(self.post_conv.weight)
+        self.project_in = nn.Linear(c, d, bias=False)
+        self.project_out = nn.Linear(d, c, bias=False)
+        self.add_gate = nn.Parameter(torch.ones(1, 1, d))  # sigmoid(1) = 0.731
+        self.sync_gate = nn.Parameter(torch.zeros(1, 1, d))  # sigmoid(0) = 0.5
+
+        self.rope = RotaryEmbedding(max(head_dim // 2, 32))
+        self.blocks = nn.ModuleList(
+            Block(d, cfg.num_heads, cfg.cond_token_dim, cfg.ff_mult) for _ in range(cfg.depth)
+        )
+
+    # ------------------------------------------------------------------------------------
+    def forward(self, x: Tensor, t: Tensor, cond: ConditionTokens) -> Tensor:
+        dtype = self.project_in.weight.dtype
+        b, _, n = x.shape
+        x = x.to(dtype)
+        t = t.to(dtype).reshape(-1).expand(b)
+
+        # An all-zero context (CFG uncond half, dropped condition) makes cross-attention exactly 0
+        # (k = v = 0), so those items skip it: bit-identical output, ~10% less work with CFG.
+        cross = cond.cross.to(dtype)
+        has_context = cross.flatten(1).ne(0).any(dim=1)
+        ctx_items = None if bool(has_context.all()) else has_context.nonzero().squeeze(1)
+        context = self.cross_mlp(cross if ctx_items is None else cross[ctx_items])
+        added = interpolate_time(self.add_mlp(cond.add.to(dtype)), n)  # after the MLP, as officially
+        sync = self._sync_embedding(cond.sync, dtype)
+
+        h = x + self.pre_conv(x)
+        z = self.project_in(h.transpose(1, 2))
+        z = z + torch.sigmoid(self.add_gate) * added
+        if sync is not None:
+            # our fix: the official code requires len(sync) == N (integer durations of 8-15 s only)
+            z = z + torch.sigmoid(self.sync_gate) * interpolate_time(sync, n)
+        z = torch.cat((self.time_embed(t)[:, None], z), dim=1)  # timestep token at position 0
+
+        rope = self.rope(n + 1, z.device)
+        for block in self.blocks:
+            z = block(z, context, rope, ctx_items)
+
+        out = self.project_out(z[:, 1:]).transpose(1, 2)
+        return out + self.post_conv(out)
+
+    def _sync_embedding(self, sync: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+        """to_sync_embed(sync), or the official predict.py constant when the quirk is on."""
+        if sync is None:
+            return None
+        if not self.official_predict_sync_quirk:
+            return self.sync_mlp(sync.to(dtype))
+        if not hasattr(self, "empty_sync_feat"):
+            raise PrismAudioError("official_predict_sync_quirk needs keep_unused_official_params=True")
+        is_cond = sync.flatten(1).ne(0).any(dim=1).to(dtype)[:, None, None]
+        return is_cond * self.sync_mlp(self.empty_sync_feat.to(dtype))[None]
+
+    # ------------------------------------------------------------------------------------
+    def param_count(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
