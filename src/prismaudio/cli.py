@@ -91,15 +91,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     cot = read_text_arg(args.cot)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     pipe = load_pipeline(args.model)
-    bar = tqdm(total=args.steps, desc="sampling", unit="step", disable=args.quiet, leave=False)
+    bars: list[tqdm] = []
 
     def progress(i: int, total: int) -> None:
-        bar.update(1)
+        if not bars:  # created at the first step so feature extraction does not skew its rate
+            bars.append(tqdm(total=total, desc="sampling", unit="step", disable=args.quiet, leave=False))
+        bars[0].update(1)
 
     result = pipe.generate(
         video, cot=cot, duration=args.duration, seed=args.seed, steps=args.steps, cfg_scale=args.cfg, progress=progress
     )
-    bar.close()
+    for bar in bars:
+        bar.close()
     name = args.name or video.stem
     with tempfile.TemporaryDirectory(prefix="prismaudio-") as tmp:
         staging = Path(tmp)

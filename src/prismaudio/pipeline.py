@@ -22,8 +22,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .config import ModelConfig, load_model_config, preset
-from .encoders.base import Encoder, build_encoder
+from .config import EncoderSpec, ModelConfig, load_model_config, preset
+from .encoders.base import Encoder, build_encoder, list_encoders
 from .errors import PrismAudioError
 from .io.video import probe_video, read_frames_multi
 from .model.conditioning import Conditioner, ConditionTokens
@@ -65,9 +65,9 @@ class PrismAudioPipeline(nn.Module):
         dit: DiffusionTransformer,
         conditioner: Conditioner,
         vae: OobleckVAE,
-        video_encoder: Encoder,
-        sync_encoder: Encoder,
-        text_encoder: Encoder,
+        video_encoder: Encoder | None,
+        sync_encoder: Encoder | None,
+        text_encoder: Encoder | None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -88,9 +88,9 @@ class PrismAudioPipeline(nn.Module):
                 DiffusionTransformer(config.dit),
                 Conditioner(config.conditioner),
                 OobleckVAE(config.vae),
-                build_encoder(config.encoders.video),
-                build_encoder(config.encoders.sync),
-                build_encoder(config.encoders.text),
+                _build_if_available(config.encoders.video),
+                _build_if_available(config.encoders.sync),
+                _build_if_available(config.encoders.text),
             )
         return pipe.eval()
 
@@ -141,9 +141,10 @@ class PrismAudioPipeline(nn.Module):
     @torch.no_grad()
     def extract_features(self, video: str | os.PathLike, cot: str = "", duration: float | None = None) -> Features:
         """Decode the video once, run the video / sync / text encoders (batch of 1)."""
+        self._require_encoders()
         info = probe_video(video)
         duration = self._check_duration(info.duration if duration is None else duration)
-        rates = [(self.video_encoder.fps, self.video_encoder.size), (self.sync_encoder.fps, self.sync_encoder.size)]
+        rates = [self.video_encoder.frame_spec(), self.sync_encoder.frame_spec()]
         frames_v, frames_s = read_frames_multi(video, rates, duration=duration)
         dev = self.device
         v = self.video_encoder(frames_v.unsqueeze(0).to(dev))
@@ -211,12 +212,29 @@ class PrismAudioPipeline(nn.Module):
     def device(self) -> torch.device:
         return next(self.dit.parameters()).device
 
+    def _require_encoders(self) -> None:
+        specs = self.config.encoders
+        for spec, enc in ((specs.video, self.video_encoder), (specs.sync, self.sync_encoder), (specs.text, self.text_encoder)):
+            if enc is None:
+                raise PrismAudioError(
+                    f"encoder {spec.name!r} is not available in this installation "
+                    f"(registered: {', '.join(list_encoders())}); set config.encoders to available ones"
+                )
+
     def _check_duration(self, duration: float) -> float:
         if not duration > 0:
             raise PrismAudioError(f"duration must be > 0 s, got {duration:g}")
         if duration > self.config.max_duration:
             raise PrismAudioError(f"duration {duration:g} s exceeds the maximum of {self.config.max_duration:g} s")
         return float(duration)
+
+
+def _build_if_available(spec: EncoderSpec) -> Encoder | None:
+    """Build a registered encoder; None for an adapter this installation does not provide, so a
+    checkpoint can still be loaded (e.g. to sample from precomputed features)."""
+    if spec.name not in list_encoders():
+        return None
+    return build_encoder(spec)
 
 
 class _ModelPart(nn.Module):
@@ -229,10 +247,14 @@ class _ModelPart(nn.Module):
 
 
 class _EncodersPart(nn.Module):
-    def __init__(self, video: nn.Module, sync: nn.Module) -> None:
+    """The trainable built-in encoders, saved under `video.` / `sync.` (absent ones are skipped)."""
+
+    def __init__(self, video: nn.Module | None, sync: nn.Module | None) -> None:
         super().__init__()
-        self.video = video
-        self.sync = sync
+        if video is not None:
+            self.video = video
+        if sync is not None:
+            self.sync = sync
 
 
 def _state_size(module: nn.Module) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import PrismAudioError
+from .atomic import atomic_path
 
 PathLike = str | os.PathLike
 
@@ -216,20 +216,8 @@ def save_wav(path: PathLike, audio: Tensor, sample_rate: int, subtype: str = "PC
     if subtype.startswith("PCM"):
         data = data.clamp(-1.0, 1.0)
     out = Path(path)
-    if out.is_dir():
-        raise PrismAudioError(f"output path is a directory: {out}")
-    if not out.parent.is_dir():
-        raise PrismAudioError(f"output directory does not exist: {out.parent}")
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=".part.wav")
-    os.close(fd)
     try:
-        sf.write(tmp, data.T.numpy(), int(sample_rate), subtype=subtype, format="WAV")
-        os.replace(tmp, out)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError | sf.LibsndfileError):
-            raise PrismAudioError(f"cannot write {out}: {e}") from None
-        raise
+        with atomic_path(out) as tmp:
+            sf.write(tmp, data.T.numpy(), int(sample_rate), subtype=subtype, format="WAV")
+    except (OSError, sf.LibsndfileError) as e:
+        raise PrismAudioError(f"cannot write {out}: {e}") from None

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from .atomic import atomic_path
 
 
 def log_spectrogram(audio: Tensor, sample_rate: int, n_fft: int = 1024) -> Tensor:
@@ -37,8 +38,8 @@ def save_spectrogram_png(path: str | os.PathLike, audio: Tensor, sample_rate: in
     if title:
         axes[0, 0].set_title(title)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=80)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=80)
+    finally:
+        plt.close(fig)

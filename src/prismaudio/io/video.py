@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from av.video.reformatter import VideoReformatter
 from torch import Tensor
 
 from ..errors import PrismAudioError
+from .atomic import atomic_path
 from .audio import resample
 
 PathLike = str | os.PathLike
@@ -272,17 +272,6 @@ def read_frames(
     return read_frames_multi(path, [(fps, size)], duration=duration, start=start)[0]
 
 
-def _atomic_target(out_path: PathLike) -> tuple[Path, str]:
-    out = Path(out_path)
-    if out.is_dir():
-        raise PrismAudioError(f"output path is a directory: {out}")
-    if not out.parent.is_dir():
-        raise PrismAudioError(f"output directory does not exist: {out.parent}")
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=f".part{out.suffix}")
-    os.close(fd)
-    return out, tmp
-
-
 def _encode_aac(container: av.container.OutputContainer, audio: Tensor, sample_rate: int, start_s: float) -> list:
     """Encode [2, S] float audio to AAC packets (stereo, fltp), starting at `start_s` on the timeline."""
     stream = container.add_stream("aac", rate=sample_rate, layout="stereo")
@@ -321,26 +310,18 @@ def mux_audio(video_path: PathLike, audio: Tensor, sample_rate: int, out_path: P
         target = min((r for r in _AAC_RATES if r >= sample_rate), default=max(_AAC_RATES))
         audio, sample_rate = resample(audio.float(), sample_rate, target), target
     fmt = _muxer_for(Path(out_path))
-    out, tmp = _atomic_target(out_path)
-    try:
-        with _open(video_path) as src:
-            vin = _video_stream(src, video_path)
-            try:
-                with av.open(tmp, mode="w", format=fmt) as dst:
-                    vout = dst.add_stream_from_template(vin)
-                    apkts = _encode_aac(dst, audio, sample_rate, _stream_start(vin))
-                    _interleave(src, vin, vout, dst, apkts)
-            except av.FFmpegError as e:
-                raise PrismAudioError(
-                    f"cannot write {out} ({vin.codec_context.name} video + AAC {sample_rate} Hz audio): {e}"
-                ) from None
-        os.replace(tmp, out)
-    except BaseException:
+    out = Path(out_path)
+    with atomic_path(out) as tmp, _open(video_path) as src:
+        vin = _video_stream(src, video_path)
         try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+            with av.open(tmp, mode="w", format=fmt) as dst:
+                vout = dst.add_stream_from_template(vin)
+                apkts = _encode_aac(dst, audio, sample_rate, _stream_start(vin))
+                _interleave(src, vin, vout, dst, apkts)
+        except av.FFmpegError as e:
+            raise PrismAudioError(
+                f"cannot write {out} ({vin.codec_context.name} video + AAC {sample_rate} Hz audio): {e}"
+            ) from None
 
 
 _MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}

@@ -1,0 +1,162 @@
+"""`prismaudio generate` / `convert-official`: outputs, determinism, and one-line errors that write nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from prismaudio.cli import main
+from prismaudio.pipeline import PrismAudioPipeline
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "example.mp4"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("model") / "tiny"
+    PrismAudioPipeline.from_preset("tiny", seed=0).save_pretrained(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def bad_videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("bad")
+    (d / "empty.mp4").write_bytes(b"")
+    (d / "corrupt.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    with av.open(str(d / "audio_only.m4a"), "w") as c:  # a real media file without a video stream
+        s = c.add_stream("aac", rate=16000, layout="stereo")
+        frame = av.AudioFrame.from_ndarray(np.zeros((2, 16000), np.float32), format="fltp", layout="stereo")
+        frame.sample_rate = 16000
+        for p in list(s.encode(frame)) + list(s.encode(None)):
+            c.mux(p)
+    with av.open(str(d / "no_frames.mp4"), "w") as c:  # a video stream with zero frames
+        s = c.add_stream("libx264", rate=25)
+        s.width = s.height = 32
+        s.pix_fmt = "yuv420p"
+        c.start_encoding()
+    (d / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    return {p.stem: p for p in d.iterdir()}
+
+
+def test_generate_writes_wav_mp4_png_and_is_deterministic(model_dir: Path, tmp_path: Path) -> None:
+    args = ["generate", str(EXAMPLE), "--model", str(model_dir), "--steps", "3", "--duration", "1.5", "--quiet"]
+    assert main(args + ["--out", str(tmp_path / "a"), "--cot", "a ball bounces"]) == 0
+    assert main(args + ["--out", str(tmp_path / "b"), "--cot", "a ball bounces"]) == 0
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert names == ["example.cot.txt", "example.mp4", "example.png", "example.wav"]
+    assert (tmp_path / "a" / "example.wav").read_bytes() == (tmp_path / "b" / "example.wav").read_bytes()
+    wav, sr = sf.read(tmp_path / "a" / "example.wav")
+    assert sr == 16000 and wav.shape == (24000, 2)
+    with av.open(str(tmp_path / "a" / "example.mp4")) as c:
+        assert len(c.streams.video) == 1 and len(c.streams.audio) == 1
+        assert c.streams.audio[0].codec_context.channels == 2
+    assert (tmp_path / "a" / "example.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cot_from_file(model_dir: Path, tmp_path: Path) -> None:
+    cot = tmp_path / "plan.txt"
+    cot.write_text("Semantic: a red ball hits a wooden floor.\nTemporal: impacts at 1.0 s.", encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["generate", str(EXAMPLE), "--model", str(model_dir), "--steps", "1", "--duration", "1",
+                 "--cot", f"@{cot}", "--out", str(out), "--quiet"]) == 0
+    assert (out / "example.cot.txt").read_text(encoding="utf-8").strip() == cot.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("case,extra,msg", [
+    ("missing", [], "not found"),
+    ("empty", [], ""),
+    ("corrupt", [], ""),
+    ("audio_only", [], "no video stream"),
+    ("no_frames", [], ""),
+    ("ok", ["--duration", "0"], "--duration must be > 0"),
+    ("ok", ["--duration", "-2"], "--duration must be > 0"),
+    ("ok", ["--duration", "61"], "exceeds the maximum"),
+    ("ok", ["--steps", "0"], "--steps must be a positive"),
+    ("ok", ["--steps", "-3"], "--steps must be a positive"),
+    ("ok", ["--model", "/nonexistent/model"], "does not exist"),
+    ("ok", ["--cot", "@/nonexistent/plan.txt"], "cannot read"),
+    ("ok", ["--cot", "@LATIN1"], "not valid UTF-8"),
+    ("ok", ["--steps", "abc"], "invalid int value"),
+])
+def test_bad_input_is_one_line_exit_2_nothing_written(
+    case: str, extra: list[str], msg: str, model_dir: Path, bad_videos: dict[str, Path], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    video = {"missing": tmp_path / "missing.mp4", "ok": EXAMPLE}.get(case) or bad_videos[case]
+    extra = [e.replace("LATIN1", str(bad_videos["latin1"])) for e in extra]
+    if "--model" not in extra:
+        extra += ["--model", str(model_dir)]
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) if "abc" in extra else _nullcontext() as exc:
+        code = main(["generate", str(video), "--out", str(out), "--quiet", *extra])
+    code = exc.value.code if "abc" in extra else code  # type: ignore[union-attr]
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("prismaudio: error:"), err
+    assert msg.lower() in lines[0].lower()
+    assert not out.exists()
+
+
+class _nullcontext:
+    value = None
+
+    def __enter__(self) -> "_nullcontext":
+        return self
+
+    def __exit__(self, *exc: object) -> bool:
+        return False
+
+
+def test_real_process_exit_code_and_stderr(tmp_path: Path) -> None:
+    """The installed entry point: exit 2, one stderr line, no traceback."""
+    r = subprocess.run([sys.executable, "-m", "prismaudio.cli", "generate", str(tmp_path / "nope.mp4"),
+                        "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_convert_official_cli(shared_reference: Path, tmp_path: Path) -> None:
+    """The tiny official fixture converts into a directory that from_pretrained loads and that
+    reproduces the official cfg-1 velocity."""
+    from safetensors.torch import load_file
+
+    from prismaudio.model.vae import OobleckVAE
+    from prismaudio.model.official import config_from_official
+
+    root = shared_reference / "official_fixtures" / "tiny"
+    cfg = config_from_official(json.loads((root / "model_config.json").read_text()))
+    vae_sd = OobleckVAE(cfg.vae).state_dict()
+    torch.save({"state_dict": {f"autoencoder.{k}": v for k, v in vae_sd.items()}}, tmp_path / "vae.ckpt")
+    out = tmp_path / "converted"
+    assert main(["convert-official", "--weights", str(root / "weights.safetensors"), "--config",
+                 str(root / "model_config.json"), "--vae", str(tmp_path / "vae.ckpt"), "--out", str(out)]) == 0
+    pipe = PrismAudioPipeline.from_pretrained(out)
+    ref = load_file(root / "reference.safetensors")
+    with torch.no_grad():
+        cond = pipe.conditioner(ref["in.video_features"], ref["in.text_features_padded"], ref["in.sync_features"],
+                                latent_length=ref["in.x"].shape[-1])
+        v = pipe.dit(ref["in.x"], ref["in.t"], cond)
+    tol = 1e-4 * ref["out.v_cfg1"].abs().max() + 1e-5
+    assert (v - ref["out.v_cfg1"]).abs().max() <= tol
+    # a second conversion into a non-empty directory is refused and leaves it intact
+    before = sorted(p.name for p in out.iterdir())
+    assert main(["convert-official", "--weights", str(root / "weights.safetensors"), "--config",
+                 str(root / "model_config.json"), "--vae", str(tmp_path / "vae.ckpt"), "--out", str(out)]) == 2
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_convert_official_bad_weights(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "w.ckpt").write_bytes(b"not a checkpoint")
+    assert main(["convert-official", "--weights", str(tmp_path / "w.ckpt"), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.startswith("prismaudio: error:")
+    assert not (tmp_path / "o").exists()
