@@ -12,6 +12,7 @@ from prismaudio.config import preset
 from prismaudio.errors import PrismAudioError
 from prismaudio.model.conditioning import Conditioner
 from prismaudio.model.dit import DiffusionTransformer
+from prismaudio.sampling import guided_velocity, inference_timesteps, sample_ode
 from prismaudio.model.official import (
     check_state_dict,
     config_from_official,
@@ -40,11 +41,8 @@ def _condition(cond_net, ref):
 
 
 def _velocity(dit, x, t, cond, cfg_scale):
-    if cfg_scale == 1:
-        return dit(x, t, cond)
-    v = dit(torch.cat([x, x]), torch.cat([t, t]), cond.cat(cond.zeros_like()))
-    v_c, v_u = v.chunk(2)
-    return v_u + cfg_scale * (v_c - v_u)
+    """The library's CFG (batch [cond ; zeros]) — the same path `generate` uses."""
+    return guided_velocity(dit, cond, cfg_scale)(x, t)
 
 
 def _assert_close(ours, ref, rel):
@@ -100,11 +98,7 @@ def test_velocity_matches_official(tiny, cfg_scale):
 def test_24_step_euler_cfg5_sample_matches_official(tiny):
     _, _, dit, cond_net, ref, _ = tiny
     cond = _condition(cond_net, ref)
-    x = ref["sample.noise"].clone()
-    ts = torch.linspace(1, 0, 25)
-    for k in range(24):
-        t = ts[k].expand(x.shape[0])
-        x = x + (ts[k + 1] - ts[k]) * _velocity(dit, x, t, cond, 5.0)
+    x = sample_ode(guided_velocity(dit, cond, 5.0), ref["sample.noise"].clone(), inference_timesteps(24))
     _assert_close(x, ref["sample.out_24steps_cfg5"], 2e-4)
 
 
