@@ -180,15 +180,16 @@ def test_dit_resamples_sync_of_other_length():
 
 def test_zero_context_cross_attention_is_exactly_zero():
     attn = _randomize(CrossAttention(128, 2, 96))
-    y = attn(torch.randn(2, 9, 128), torch.zeros(2, 5, 96))
+    y = attn(torch.randn(2, 9, 128), attn.project_context(torch.zeros(2, 5, 96)))
     assert torch.count_nonzero(y) == 0
 
 
 def test_uncond_items_skip_cross_attention_bit_exactly():
     block = _randomize(Block(128, 2, 128))
     x, rope = torch.randn(1, 9, 128), RotaryEmbedding(32)(9, torch.device("cpu"))
-    full = block(x, torch.zeros(1, 4, 128), rope)  # computes the (zero) cross-attention
-    skipped = block(x, torch.zeros(0, 4, 128), rope, torch.zeros(0, dtype=torch.long))
+    kv = block.cross_attn.project_context(torch.zeros(1, 4, 128))
+    full = block(x, kv, rope)  # computes the (zero) cross-attention
+    skipped = block(x, (kv[0][:0], kv[1][:0]), rope, torch.zeros(0, dtype=torch.long))
     assert torch.equal(full, skipped)
 
 
@@ -201,6 +202,21 @@ def test_cfg_batch_matches_separate_passes():
     both = dit(torch.cat([x, x]), torch.cat([t, t]), cond.cat(cond.zeros_like()))
     torch.testing.assert_close(both[:1], dit(x, t, cond), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(both[1:], dit(x, t, cond.zeros_like()), rtol=1e-5, atol=1e-5)
+
+
+def test_prepared_conditions_give_identical_velocity():
+    """Preparing the time-independent work once (as samplers do) changes no bit of the output."""
+    cfg, dit, cond_net = _tiny()
+    _randomize(dit)
+    video, text, sync = _features(cfg, b=2)
+    cond = cond_net(video, text, sync, 25)
+    x = torch.randn(2, cfg.dit.io_channels, 25)
+    prep = dit.prepare(cond, 25)
+    for t in (0.9, 0.2):
+        tt = torch.full((2,), t)
+        assert torch.equal(dit(x, tt, prep), dit(x, tt, cond))
+    with pytest.raises(ValueError, match="prepared for 25"):
+        dit(torch.randn(2, cfg.dit.io_channels, 30), torch.full((2,), 0.5), prep)
 
 
 def test_official_predict_sync_quirk():

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -87,22 +87,31 @@ def guided_velocity(
     The unconditional branch is `cond.zeros_like()` (zeros in conditioner-output space, no learned
     null). cfg_scale == 1 is one plain call. x may have batch k·B for a condition batch B: the
     conditions are then `repeat_interleave`d k times (cached per k), matching the group layout of
-    `sample_mixed`.
+    `sample_mixed`. With autograd off and a model that has `prepare` (the DiT), its
+    time-independent work is also cached per closure: build a new closure after changing weights.
     """
     b = cond.batch_size
     cache: dict[int, ConditionTokens] = {}
+    prepared: dict[tuple[int, int], Any] = {}
+    prepare = getattr(model, "prepare", None)
 
-    def _cond_for(rows: int) -> ConditionTokens:
+    def _cond_for(x: Tensor) -> Any:
+        rows = x.shape[0]
         if rows not in cache:
             if rows % b:
                 raise ValueError(f"velocity batch {rows} is not a multiple of the condition batch {b}")
             c = cond if rows == b else cond.repeat_interleave(rows // b)
             cache[rows] = c if cfg_scale == 1 else c.cat(c.zeros_like())
-        return cache[rows]
+        if prepare is None or torch.is_grad_enabled():
+            return cache[rows]  # with autograd on, recompute so gradients always see fresh weights
+        key = (rows, x.shape[-1])
+        if key not in prepared:  # the DiT's time-independent work, done once per sampling run
+            prepared[key] = prepare(cache[rows], x.shape[-1])
+        return prepared[key]
 
     def velocity(x: Tensor, t: Tensor) -> Tensor:
         tv = _t_vector(t, x)
-        c = _cond_for(x.shape[0])
+        c = _cond_for(x)
         if cfg_scale == 1:
             return model(x, tv, c)
         v_c, v_u = model(torch.cat([x, x]), torch.cat([tv, tv]), c).chunk(2)

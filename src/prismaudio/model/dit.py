@@ -9,6 +9,7 @@ around the in/out projections. Classifier-free guidance lives outside (zeros in 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +18,17 @@ from ..config import DiTConfig
 from ..errors import PrismAudioError
 from .conditioning import ConditionTokens
 from .layers import MLP, Block, RotaryEmbedding, interpolate_time
+
+
+@dataclass
+class PreparedConditions:
+    """The time-independent part of a DiT forward for one batch of conditions (see `prepare`)."""
+
+    n: int  # latent frames the additions were interpolated to
+    added: Tensor  # [B, N, D] sigmoid(add_gate) * video add path
+    sync: Tensor | None  # [B, N, D] sigmoid(sync_gate) * sync path
+    kv: list[tuple[Tensor, Tensor]]  # per block: cross-attention (normed keys, values)
+    ctx_items: Tensor | None  # batch items with a non-zero context (None = all)
 
 
 class TimestepEmbedding(nn.Module):
@@ -77,32 +89,43 @@ class DiffusionTransformer(nn.Module):
         )
 
     # ------------------------------------------------------------------------------------
-    def forward(self, x: Tensor, t: Tensor, cond: ConditionTokens) -> Tensor:
+    def prepare(self, cond: ConditionTokens, n: int) -> PreparedConditions:
+        """Everything that depends on the conditions but not on (x, t): the condition MLPs, the
+        interpolated gated additions and each block's cross-attention keys/values. A sampler
+        prepares once and reuses it for every step (the official code recomputes it per step)."""
         dtype = self.project_in.weight.dtype
-        b, _, n = x.shape
-        x = x.to(dtype)
-        t = t.to(dtype).reshape(-1).expand(b)
-
         # An all-zero context (CFG uncond half, dropped condition) makes cross-attention exactly 0
         # (k = v = 0), so those items skip it: bit-identical output, ~10% less work with CFG.
         cross = cond.cross.to(dtype)
         has_context = cross.flatten(1).ne(0).any(dim=1)
         ctx_items = None if bool(has_context.all()) else has_context.nonzero().squeeze(1)
         context = self.cross_mlp(cross if ctx_items is None else cross[ctx_items])
-        added = interpolate_time(self.add_mlp(cond.add.to(dtype)), n)  # after the MLP, as officially
+        kv = [block.cross_attn.project_context(context) for block in self.blocks]
+        added = torch.sigmoid(self.add_gate) * interpolate_time(self.add_mlp(cond.add.to(dtype)), n)
         sync = self._sync_embedding(cond.sync, dtype)
-
-        h = x + self.pre_conv(x)
-        z = self.project_in(h.transpose(1, 2))
-        z = z + torch.sigmoid(self.add_gate) * added
         if sync is not None:
             # our fix: the official code requires len(sync) == N (integer durations of 8-15 s only)
-            z = z + torch.sigmoid(self.sync_gate) * interpolate_time(sync, n)
+            sync = torch.sigmoid(self.sync_gate) * interpolate_time(sync, n)
+        return PreparedConditions(n, added, sync, kv, ctx_items)
+
+    def forward(self, x: Tensor, t: Tensor, cond: ConditionTokens | PreparedConditions) -> Tensor:
+        dtype = self.project_in.weight.dtype
+        b, _, n = x.shape
+        x = x.to(dtype)
+        t = t.to(dtype).reshape(-1).expand(b)
+        prep = cond if isinstance(cond, PreparedConditions) else self.prepare(cond, n)
+        if prep.n != n:
+            raise ValueError(f"conditions were prepared for {prep.n} latent frames, x has {n}")
+
+        h = x + self.pre_conv(x)
+        z = self.project_in(h.transpose(1, 2)) + prep.added  # add the video path after its MLP
+        if prep.sync is not None:
+            z = z + prep.sync
         z = torch.cat((self.time_embed(t)[:, None], z), dim=1)  # timestep token at position 0
 
         rope = self.rope(n + 1, z.device)
-        for block in self.blocks:
-            z = block(z, context, rope, ctx_items)
+        for block, kv in zip(self.blocks, prep.kv):
+            z = block(z, kv, rope, prep.ctx_items)
 
         out = self.project_out(z[:, 1:]).transpose(1, 2)
         return out + self.post_conv(out)

@@ -126,11 +126,17 @@ class CrossAttention(nn.Module):
         self.out = nn.Linear(dim, dim, bias=False)
         nn.init.zeros_(self.out.weight)
 
-    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+    def project_context(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """(RMS-normed keys, values) [B, M, H, Dh] of the context: time-independent, so a sampler
+        computes them once per run instead of once per step."""
+        b, m, _ = context.shape
+        k, v = self.kv(context).view(b, m, 2, self.num_heads, self.head_dim).unbind(2)
+        return self.k_norm(k), v
+
+    def forward(self, x: Tensor, kv: tuple[Tensor, Tensor]) -> Tensor:
         b, n, _ = x.shape
         q = self.q(x).view(b, n, self.num_heads, self.head_dim)
-        k, v = self.kv(context).view(b, context.shape[1], 2, self.num_heads, self.head_dim).unbind(2)
-        return self.out(attention(self.q_norm(q), self.k_norm(k), v))
+        return self.out(attention(self.q_norm(q), *kv))
 
 
 class SwiGLU(nn.Module):
@@ -162,15 +168,16 @@ class Block(nn.Module):
         self.ff = SwiGLU(dim, ff_mult)
 
     def forward(
-        self, x: Tensor, context: Tensor, rope: tuple[Tensor, Tensor], ctx_items: Tensor | None = None
+        self, x: Tensor, kv: tuple[Tensor, Tensor], rope: tuple[Tensor, Tensor], ctx_items: Tensor | None = None
     ) -> Tensor:
-        """`ctx_items`: indices of the batch items that `context` belongs to (None = all); the
-        other items have an all-zero context, whose cross-attention output is exactly 0."""
+        """`kv`: this block's `cross_attn.project_context(context)`. `ctx_items`: indices of the
+        batch items the context belongs to (None = all); the other items have an all-zero
+        context, whose cross-attention output is exactly 0."""
         x = x + self.self_attn(self.self_attn_norm(x), rope)
         if ctx_items is None:
-            x = x + self.cross_attn(self.cross_attn_norm(x), context)
+            x = x + self.cross_attn(self.cross_attn_norm(x), kv)
         elif ctx_items.numel():
-            x = x.index_add(0, ctx_items, self.cross_attn(self.cross_attn_norm(x[ctx_items]), context))
+            x = x.index_add(0, ctx_items, self.cross_attn(self.cross_attn_norm(x[ctx_items]), kv))
         return x + self.ff(self.ff_norm(x))
 
 
