@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import PrismAudioError
-from .atomic import atomic_path
+from .files import atomic_path, check_input_file
 
 PathLike = str | os.PathLike
 
@@ -93,13 +93,7 @@ def load_audio(path: PathLike, sample_rate: int | None = None, channels: int | N
 
     soundfile handles WAV/FLAC/OGG/MP3; other containers (AAC in MP4/M4A) are decoded with PyAV.
     """
-    p = Path(path)
-    if not p.exists():
-        raise PrismAudioError(f"audio file not found: {p}")
-    if p.is_dir():
-        raise PrismAudioError(f"expected an audio file but got a directory: {p}")
-    if p.stat().st_size == 0:
-        raise PrismAudioError(f"audio file is empty (0 bytes): {p}")
+    p = check_input_file(path, "audio")
     try:
         data, sr = sf.read(str(p), dtype="float32", always_2d=True)
         data = data.T

@@ -7,7 +7,7 @@ import os
 import torch
 from torch import Tensor
 
-from .atomic import atomic_path
+from .files import atomic_path
 
 
 def log_spectrogram(audio: Tensor, sample_rate: int, n_fft: int = 1024) -> Tensor:

@@ -23,7 +23,7 @@ from av.video.reformatter import VideoReformatter
 from torch import Tensor
 
 from ..errors import PrismAudioError
-from .atomic import atomic_path
+from .files import atomic_path, check_input_file
 from .audio import resample
 
 PathLike = str | os.PathLike
@@ -50,13 +50,7 @@ class VideoInfo:
 
 def _open(path: PathLike) -> av.container.InputContainer:
     """Open a media file for reading, turning every failure into one clear sentence."""
-    p = Path(path)
-    if not p.exists():
-        raise PrismAudioError(f"video file not found: {p}")
-    if p.is_dir():
-        raise PrismAudioError(f"expected a video file but got a directory: {p}")
-    if p.stat().st_size == 0:
-        raise PrismAudioError(f"video file is empty (0 bytes): {p}")
+    p = check_input_file(path, "video")
     try:
         return av.open(str(p), mode="r")
     except PermissionError:

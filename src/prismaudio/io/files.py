@@ -1,4 +1,4 @@
-"""Atomic file writes: readers (and a crash) never see a half-written output file."""
+"""File checks shared by every reader and writer: clear input errors, atomic outputs."""
 
 from __future__ import annotations
 
@@ -9,6 +9,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import PrismAudioError
+
+
+def check_input_file(path: str | os.PathLike, kind: str) -> Path:
+    """The path of an existing, non-empty regular file, or one clear `PrismAudioError`."""
+    p = Path(path)
+    if not p.exists():
+        raise PrismAudioError(f"{kind} file not found: {p}")
+    if p.is_dir():
+        raise PrismAudioError(f"{kind} path is a directory, not a file: {p}")
+    if p.stat().st_size == 0:
+        raise PrismAudioError(f"{kind} file is empty (0 bytes): {p}")
+    return p
 
 
 def _umask() -> int:
