@@ -75,7 +75,6 @@ def publish(staging: Path, out: Path) -> list[Path]:
 
 # ------------------------------------------------------------------------------------ generate
 def cmd_generate(args: argparse.Namespace) -> int:
-    import torch
     from tqdm import tqdm
 
     from .io.audio import save_wav
@@ -89,7 +88,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise PrismAudioError(f"--duration must be > 0 s, got {args.duration:g}")
     probe_video(video)  # fail fast on a bad video before loading the model
     cot = read_text_arg(args.cot)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     pipe = load_pipeline(args.model)
     bars: list[tqdm] = []
 
