@@ -160,3 +160,22 @@ def test_convert_official_bad_weights(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["convert-official", "--weights", str(tmp_path / "w.ckpt"), "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.startswith("prismaudio: error:")
     assert not (tmp_path / "o").exists()
+
+
+def test_synth_then_extract_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`synth` writes a corpus, `extract` caches it; a broken row is reported and skipped."""
+    corpus = tmp_path / "corpus"
+    assert main(["synth", "--out", str(corpus), "--n", "3", "--seed", "5", "--workers", "1", "--quiet"]) == 0
+    manifest = corpus / "manifest.jsonl"
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert len(rows) == 3 and all((corpus / r["video"]).is_file() for r in rows)
+    broken = dict(rows[0], id="broken", video="video/missing.mp4")
+    manifest.write_text(manifest.read_text() + json.dumps(broken) + "\n")
+    feats = tmp_path / "feats"
+    capsys.readouterr()
+    assert main(["extract", "--manifest", str(manifest), "--out", str(feats), "--model", "preset:tiny",
+                 "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "extracted 3" in captured.out and "failed 1" in captured.out
+    assert "broken" in captured.err
+    assert sorted(p.name for p in feats.iterdir()) == sorted(f"{r['id']}.safetensors" for r in rows)

@@ -1,4 +1,4 @@
-"""`prismaudio` command line: `generate`, `convert-official` (later issues add more subcommands).
+"""`prismaudio` command line: `generate`, `synth`, `extract`, `convert-official`.
 
 Every user error is one line on stderr and exit code 2; outputs are staged in a temporary
 directory and moved into `--out` only when everything succeeded, so a failure writes nothing.
@@ -134,6 +134,30 @@ def cmd_convert_official(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------- synth / extract
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .data.synth import run_synth
+
+    manifest = run_synth(
+        args.out, n=args.n, seed=args.seed, split=args.split, workers=args.workers, duration=args.duration,
+        fps=args.fps, size=args.size, sample_rate=args.sample_rate, progress=not args.quiet,
+    )
+    print(manifest)
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from .data.extract import run_extract
+
+    if args.batch_size <= 0:
+        raise PrismAudioError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    summary = run_extract(
+        args.manifest, args.out, model=args.model, batch_size=args.batch_size, cot_field=args.cot_field,
+        progress=not args.quiet, duration=args.duration, seed=args.seed,
+    )
+    return 0 if summary.done or summary.skipped_existing or not summary.failed else 1
+
+
 # ---------------------------------------------------------------------------------- parser
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr (exit 2), like every other error."""
@@ -158,6 +182,31 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default=None, help="model directory, or preset:NAME for random weights")
     g.add_argument("--quiet", action="store_true", help="no progress bar, no file list")
     g.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("synth", help="generate the procedural audio-visual corpus (AudioCanvas-style)")
+    s.add_argument("--out", required=True, help="output directory (manifest.jsonl, video/, audio/)")
+    s.add_argument("--n", type=int, required=True, help="number of clips")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--split", choices=["train", "val", "test"], default=None, help="only clips of this split")
+    s.add_argument("--workers", type=int, default=2)
+    s.add_argument("--duration", type=float, default=4.0, help="seconds per clip (default 4)")
+    s.add_argument("--fps", type=int, default=25)
+    s.add_argument("--size", type=int, default=96, help="video width = height in pixels")
+    s.add_argument("--sample-rate", type=int, default=16000)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_synth)
+
+    e = sub.add_parser("extract", help="cache encoder features and VAE latents for a manifest")
+    e.add_argument("--manifest", required=True, help="JSONL or CSV manifest")
+    e.add_argument("--out", required=True, help="feature cache directory (one safetensors per clip)")
+    e.add_argument("--model", default=None, help="model directory (its encoders and VAE), or preset:NAME")
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--cot-field", choices=["multi", "monolithic", "caption", "none"], default="multi",
+                   help="text given to the text encoder (default: the four-part CoT)")
+    e.add_argument("--duration", type=float, default=None, help="clip length (default: the model's)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the sampled VAE latents")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_extract)
 
     c = sub.add_parser("convert-official", help="convert an official PrismAudio checkpoint")
     c.add_argument("--weights", required=True, help="official prismaudio.ckpt or .safetensors")

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .config import EncoderSpec, ModelConfig, load_model_config, preset
-from .encoders.base import Encoder, build_encoder, list_encoders
+from .encoders.base import Encoder, build_encoder
 from .errors import PrismAudioError
 from .io.video import probe_video, read_frames_multi
 from .model.conditioning import Conditioner, ConditionTokens
@@ -65,10 +65,11 @@ class PrismAudioPipeline(nn.Module):
         dit: DiffusionTransformer,
         conditioner: Conditioner,
         vae: OobleckVAE,
-        video_encoder: Encoder | None,
-        sync_encoder: Encoder | None,
-        text_encoder: Encoder | None,
+        video_encoder: Encoder | str,
+        sync_encoder: Encoder | str,
+        text_encoder: Encoder | str,
     ) -> None:
+        """Each encoder is a module, or a string saying why it is unavailable."""
         super().__init__()
         self.config = config
         self.dit = dit
@@ -214,12 +215,10 @@ class PrismAudioPipeline(nn.Module):
 
     def _require_encoders(self) -> None:
         specs = self.config.encoders
-        for spec, enc in ((specs.video, self.video_encoder), (specs.sync, self.sync_encoder), (specs.text, self.text_encoder)):
-            if enc is None:
-                raise PrismAudioError(
-                    f"encoder {spec.name!r} is not available in this installation "
-                    f"(registered: {', '.join(list_encoders())}); set config.encoders to available ones"
-                )
+        for spec, enc in ((specs.video, self.video_encoder), (specs.sync, self.sync_encoder),
+                          (specs.text, self.text_encoder)):
+            if isinstance(enc, str):
+                raise PrismAudioError(f"encoder {spec.name!r} is not available: {enc}")
 
     def _check_duration(self, duration: float) -> float:
         if not duration > 0:
@@ -229,12 +228,14 @@ class PrismAudioPipeline(nn.Module):
         return float(duration)
 
 
-def _build_if_available(spec: EncoderSpec) -> Encoder | None:
-    """Build a registered encoder; None for an adapter this installation does not provide, so a
-    checkpoint can still be loaded (e.g. to sample from precomputed features)."""
-    if spec.name not in list_encoders():
-        return None
-    return build_encoder(spec)
+def _build_if_available(spec: EncoderSpec) -> Encoder | str:
+    """Build an encoder, or return why it cannot be built here (an adapter that needs a local
+    checkpoint the config does not name, an unknown name), so a checkpoint still loads, e.g. to
+    sample from precomputed features; using the missing encoder then raises that reason."""
+    try:
+        return build_encoder(spec)
+    except PrismAudioError as e:
+        return str(e)
 
 
 class _ModelPart(nn.Module):
@@ -249,11 +250,11 @@ class _ModelPart(nn.Module):
 class _EncodersPart(nn.Module):
     """The trainable built-in encoders, saved under `video.` / `sync.` (absent ones are skipped)."""
 
-    def __init__(self, video: nn.Module | None, sync: nn.Module | None) -> None:
+    def __init__(self, video: nn.Module | str, sync: nn.Module | str) -> None:
         super().__init__()
-        if video is not None:
+        if isinstance(video, nn.Module):
             self.video = video
-        if sync is not None:
+        if isinstance(sync, nn.Module):
             self.sync = sync
 
 
