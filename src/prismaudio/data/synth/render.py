@@ -125,7 +125,8 @@ def render_frames(scene: dict) -> np.ndarray:
             img[r0:r1, c0:c1][m] = c[m]
     frames *= 255
     frames += 0.5
-    return np.clip(frames, 0, 255).astype(np.uint8)
+    np.clip(frames, 0, 255, out=frames)
+    return frames.astype(np.uint8)
 
 
 def cause_patch(scene: dict, src: dict, event: dict) -> tuple[slice, slice]:

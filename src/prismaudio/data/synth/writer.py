@@ -44,10 +44,10 @@ def encode_mp4(path: Path, frames: np.ndarray, audio: np.ndarray, fps: float, sa
                 vf.pts = i
                 c.mux(v.encode(vf))
             c.mux(v.encode(None))
-            for i in range(0, audio.shape[1], 1024):
-                af = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio[:, i : i + 1024]), format="fltp", layout="stereo")
-                af.sample_rate, af.pts = sample_rate, i
-                c.mux(a.encode(af))
+            # one frame for the whole clip: PyAV re-chunks it to the codec's frame size itself
+            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio), format="fltp", layout="stereo")
+            af.sample_rate, af.pts = sample_rate, 0
+            c.mux(a.encode(af))
             c.mux(a.encode(None))
 
 
