@@ -179,3 +179,17 @@ def test_synth_then_extract_cli(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "extracted 3" in captured.out and "failed 1" in captured.out
     assert "broken" in captured.err
     assert sorted(p.name for p in feats.iterdir()) == sorted(f"{r['id']}.safetensors" for r in rows)
+
+
+def test_encoder_overrides_parse_and_fail_clearly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from prismaudio.cli import parse_encoder_overrides
+
+    spec = parse_encoder_overrides(["video=clip:path=/x,fps=4"])["video"]
+    assert spec.name == "clip" and spec.params == {"path": "/x", "fps": 4}
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("")
+    code = main(["extract", "--manifest", str(manifest), "--out", str(tmp_path / "f"), "--model", "preset:tiny",
+                 "--encoders", "text=t5gemma:path=/nonexistent", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("prismaudio: error:") and "is not a directory" in err
+    assert not (tmp_path / "f").exists()

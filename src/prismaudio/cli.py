@@ -146,6 +146,28 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_encoder_overrides(items: list[str]):
+    """`video=clip:path=/ckpt,fps=4` -> {"video": EncoderSpec("clip", {"path": "/ckpt", "fps": 4})}."""
+    import yaml
+
+    from .config import EncoderSpec
+
+    out = {}
+    for item in items:
+        slot, _, rest = item.partition("=")
+        name, _, params = rest.partition(":")
+        if not slot or not name:
+            raise PrismAudioError(f"--encoders {item!r}: expected SLOT=NAME[:key=value,...]")
+        kwargs = {}
+        for kv in filter(None, params.split(",")):
+            key, eq, value = kv.partition("=")
+            if not eq:
+                raise PrismAudioError(f"--encoders {item!r}: parameter {kv!r} is not key=value")
+            kwargs[key] = yaml.safe_load(value)
+        out[slot] = EncoderSpec(name, kwargs)
+    return out
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
     from .data.extract import run_extract
 
@@ -154,6 +176,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     summary = run_extract(
         args.manifest, args.out, model=args.model, batch_size=args.batch_size, cot_field=args.cot_field,
         progress=not args.quiet, duration=args.duration, seed=args.seed,
+        encoders=parse_encoder_overrides(args.encoders),
     )
     return 0 if summary.done or summary.skipped_existing or not summary.failed else 1
 
@@ -200,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--manifest", required=True, help="JSONL or CSV manifest")
     e.add_argument("--out", required=True, help="feature cache directory (one safetensors per clip)")
     e.add_argument("--model", default=None, help="model directory (its encoders and VAE), or preset:NAME")
+    e.add_argument("--encoders", nargs="*", default=[], metavar="SLOT=NAME[:k=v,...]",
+                   help="replace the model's encoders, e.g. text=t5gemma:path=/ckpt/t5gemma video=clip:path=/ckpt/clip")
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--cot-field", choices=["multi", "monolithic", "caption", "none"], default="multi",
                    help="text given to the text encoder (default: the four-part CoT)")

@@ -138,6 +138,13 @@ class PrismAudioPipeline(nn.Module):
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    def set_encoder(self, modality: str, spec: EncoderSpec) -> None:
+        """Swap the video / sync / text encoder (e.g. a real adapter for feature extraction)."""
+        if modality not in ("video", "sync", "text"):
+            raise PrismAudioError(f"unknown encoder slot {modality!r} (video, sync or text)")
+        setattr(self.config.encoders, modality, spec)
+        setattr(self, f"{modality}_encoder", build_encoder(spec, modality=modality))
+
     # ---------------------------------------------------------------- conditioning
     @torch.no_grad()
     def extract_features(self, video: str | os.PathLike, cot: str = "", duration: float | None = None) -> Features:

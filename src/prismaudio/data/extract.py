@@ -295,6 +295,7 @@ def _sample_latent(feats: dict[str, Tensor], seed: int, clip_id: str) -> dict[st
 def run_extract(
     manifest: PathLike, out_dir: PathLike, model: str | None = None, batch_size: int = 8,
     cot_field: str = "multi", progress: bool = True, duration: float | None = None, seed: int = 0,
+    encoders: dict[str, Any] | None = None,
 ) -> ExtractSummary:
     """`prismaudio extract`: load the model (`prismaudio.cli.load_pipeline`), extract, print a summary.
 
@@ -303,6 +304,8 @@ def run_extract(
     from ..cli import load_pipeline
 
     pipe = load_pipeline(model)
+    for modality, spec in (encoders or {}).items():  # e.g. a real T5-Gemma instead of the model's own
+        pipe.set_encoder(modality, spec)
     summary = extract_features(
         manifest, out_dir, pipe, batch_size=batch_size, progress=progress, cot_field=cot_field,
         duration=duration, seed=seed,
