@@ -28,6 +28,7 @@ test-slow: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_inference.py
+	$(BIN)/python benchmarks/bench_synth.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
