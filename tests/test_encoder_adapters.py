@@ -88,7 +88,7 @@ def test_t5gemma_encoder_matches_full_model_encoder(t5gemma_dir) -> None:
     d, full = t5gemma_dir
     enc = build_encoder(EncoderSpec("t5gemma", {"path": str(d)}), modality="text")
     hidden, lengths = _check_text(enc, 32)
-    tok = enc._hf[0]
+    tok = enc._loaded[0]
     with torch.no_grad():  # the encoder-only load reproduces the full model's encoder exactly
         ref = full.get_encoder()(**tok([TEXTS[1]], return_tensors="pt")).last_hidden_state
     torch.testing.assert_close(hidden[1:, : lengths[1]], ref, atol=1e-5, rtol=1e-5)

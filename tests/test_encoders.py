@@ -157,7 +157,7 @@ def test_minilm_is_frozen_and_not_in_state_dict(minilm):
     assert minilm.trainable is False and minilm.state_dict() == {} and list(minilm.parameters()) == []
     minilm.train()
     assert not minilm.training
-    _, hf = minilm._hf
+    _, hf = minilm._loaded
     assert not hf.training and not any(p.requires_grad for p in hf.parameters())
     wrapper = torch.nn.ModuleDict({"text": minilm, "head": torch.nn.Linear(2, 2)})
     assert set(wrapper.state_dict()) == {"head.weight", "head.bias"}

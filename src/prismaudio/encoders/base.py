@@ -10,6 +10,7 @@ the built-in light encoders, and are built from a config `EncoderSpec(name, para
 from __future__ import annotations
 
 import inspect
+import threading
 from typing import Any, Callable, ClassVar, TypeVar
 
 import torch
@@ -79,6 +80,36 @@ class Encoder(nn.Module):
 
 
 E = TypeVar("E", bound=Callable[..., Encoder])
+
+class FrozenEncoder(Encoder):
+    """A pretrained encoder loaded lazily from a local path, frozen, never in our `state_dict()`.
+
+    The loaded model lives outside the registered children (so checkpoints never copy it and
+    `parameters()` is empty), is built on first use by `_build()` (so constructing a pipeline is
+    cheap), and an empty non-persistent buffer tells which device/dtype the pipeline moved us to.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trainable = False
+        self.register_buffer("_device_probe", torch.zeros(0), persistent=False)
+        object.__setattr__(self, "_loaded", None)
+        object.__setattr__(self, "_lock", threading.Lock())
+
+    def _build(self) -> Any:
+        """Load the external model (called once, under a lock)."""
+        raise NotImplementedError
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded is not None
+
+    def _load(self) -> Any:
+        with self._lock:
+            if self._loaded is None:
+                object.__setattr__(self, "_loaded", self._build())
+            return self._loaded
+
 _REGISTRY: dict[str, Callable[..., Encoder]] = {}
 
 

@@ -22,14 +22,13 @@ Like the other frozen adapters, the HF model is loaded lazily and never enters `
 from __future__ import annotations
 
 import json
-import threading
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import PrismAudioError
-from .base import Encoder, positive_float, positive_int, register_encoder
+from .base import FrozenEncoder, positive_float, positive_int, register_encoder
 from .t5 import check_hf_dir, quiet_hf, resolve_dtype
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -50,7 +49,7 @@ def resize_center_crop(x: Tensor, size: int) -> Tensor:
 
 
 @register_encoder("clip")
-class CLIPVideoEncoder(Encoder):
+class CLIPVideoEncoder(FrozenEncoder):
     """Frozen CLIP vision tower applied frame by frame: frames [B, T, 3, H, W] -> [B, T', D]."""
 
     modality = "video"
@@ -83,35 +82,24 @@ class CLIPVideoEncoder(Encoder):
             pass
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.trainable = False
-        object.__setattr__(self, "_hf", None)
-        object.__setattr__(self, "_lock", threading.Lock())
-        self.train(False)
-
-    @property
-    def loaded(self) -> bool:
-        return self._hf is not None
 
     def output_length(self, num_frames: int) -> int:
         if self.output == "patches":
             return num_frames * (self.size // self.patch_size) ** 2
         return num_frames
 
-    def _load(self) -> Any:
-        with self._lock:
-            if self._hf is None:
-                from transformers import CLIPVisionModelWithProjection
+    def _build(self) -> Any:
+        from transformers import CLIPVisionModelWithProjection
 
-                with quiet_hf():
-                    try:
-                        model = CLIPVisionModelWithProjection.from_pretrained(
-                            str(self.model_dir), local_files_only=True, dtype=self.dtype
-                        )
-                    except (OSError, ValueError, KeyError) as e:
-                        raise PrismAudioError(f"cannot load the CLIP vision encoder from {self.model_dir}: {e}") from None
-                model.eval().requires_grad_(False)
-                object.__setattr__(self, "_hf", model)
-            return self._hf
+        with quiet_hf():
+            try:
+                model = CLIPVisionModelWithProjection.from_pretrained(
+                    str(self.model_dir), local_files_only=True, dtype=self.dtype
+                )
+            except (OSError, ValueError, KeyError) as e:
+                raise PrismAudioError(f"cannot load the CLIP vision encoder from {self.model_dir}: {e}") from None
+        model.eval().requires_grad_(False)
+        return model
 
     def check_frames(self, frames: Tensor) -> Tensor:
         if not isinstance(frames, Tensor) or frames.ndim != 5 or frames.shape[2] != 3:

@@ -33,7 +33,6 @@ Frozen, lazily loaded, never in our `state_dict()` (like `minilm`). Clips shorte
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import PrismAudioError
-from .base import Encoder, positive_float, positive_int, register_encoder
+from .base import FrozenEncoder, positive_float, positive_int, register_encoder
 from .clip import resize_center_crop
 
 
@@ -146,7 +145,7 @@ def _load_state_dict(path: Path) -> dict[str, Tensor]:
 
 
 @register_encoder("synchformer")
-class SynchformerSyncEncoder(Encoder):
+class SynchformerSyncEncoder(FrozenEncoder):
     """Frozen Synchformer visual branch: frames at 25 fps -> [B, S * tokens_per_segment, dim]."""
 
     modality = "sync"
@@ -177,15 +176,6 @@ class SynchformerSyncEncoder(Encoder):
                           patch_size=positive_int("patch_size", patch_size, "synchformer"), tubelet=self.tubelet,
                           segment_frames=self.segment_frames, size=self.size,
                           mlp_ratio=positive_float("mlp_ratio", mlp_ratio, "synchformer"))
-        self.trainable = False
-        self.register_buffer("_device_probe", torch.zeros(0), persistent=False)
-        object.__setattr__(self, "_net", None)
-        object.__setattr__(self, "_lock", threading.Lock())
-        self.train(False)
-
-    @property
-    def loaded(self) -> bool:
-        return self._net is not None
 
     def num_segments(self, num_frames: int) -> int:
         return (max(num_frames, self.segment_frames) - self.segment_frames) // self.segment_step + 1
@@ -193,21 +183,18 @@ class SynchformerSyncEncoder(Encoder):
     def output_length(self, num_frames: int) -> int:
         return self.num_segments(num_frames) * self.tokens_per_segment
 
-    def _load(self) -> SyncVisualBranch:
-        with self._lock:
-            if self._net is None:
-                net = SyncVisualBranch(**self._arch)
-                sd = _load_state_dict(self.path)
-                missing, unexpected = net.load_state_dict(sd, strict=False)
-                if missing or unexpected:
-                    raise PrismAudioError(
-                        f"Synchformer checkpoint {self.path} does not match the configured architecture: "
-                        f"{len(missing)} missing (e.g. {sorted(missing)[:3]}), {len(unexpected)} unexpected "
-                        f"(e.g. {sorted(unexpected)[:3]}); see prismaudio.encoders.synchformer for the key layout"
-                    )
-                net.eval().requires_grad_(False)
-                object.__setattr__(self, "_net", net)
-            return self._net
+    def _build(self) -> SyncVisualBranch:
+        net = SyncVisualBranch(**self._arch)
+        sd = _load_state_dict(self.path)
+        missing, unexpected = net.load_state_dict(sd, strict=False)
+        if missing or unexpected:
+            raise PrismAudioError(
+                f"Synchformer checkpoint {self.path} does not match the configured architecture: "
+                f"{len(missing)} missing (e.g. {sorted(missing)[:3]}), {len(unexpected)} unexpected "
+                f"(e.g. {sorted(unexpected)[:3]}); see prismaudio.encoders.synchformer for the key layout"
+            )
+        net.eval().requires_grad_(False)
+        return net
 
     def segment(self, frames: Tensor) -> Tensor:
         """[B, T, 3, H, W] -> [B, S, 3, segment_frames, H, W] (16-frame windows, step 8)."""

@@ -23,7 +23,6 @@ back to `T5GemmaForConditionalGeneration(...).get_encoder()`.
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..errors import PrismAudioError
-from .base import Encoder, positive_int, register_encoder
+from .base import FrozenEncoder, positive_int, register_encoder
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
@@ -88,7 +87,7 @@ class quiet_hf:
             self._log.enable_progress_bar()
 
 
-class _HFTextEncoder(Encoder):
+class _HFTextEncoder(FrozenEncoder):
     """Shared lazy, frozen HF text encoder; subclasses define `_width` and `_load_model`."""
 
     modality = "text"
@@ -102,11 +101,6 @@ class _HFTextEncoder(Encoder):
         self.output_dim = self._width(config)
         self.max_length = None if max_length is None else positive_int("max_length", max_length, name)
         self.dtype = resolve_dtype(dtype, name)
-        self.trainable = False
-        self.register_buffer("_device_probe", torch.zeros(0), persistent=False)
-        object.__setattr__(self, "_hf", None)
-        object.__setattr__(self, "_lock", threading.Lock())
-        self.train(False)
 
     def _width(self, config: dict[str, Any]) -> int:
         raise NotImplementedError
@@ -114,27 +108,20 @@ class _HFTextEncoder(Encoder):
     def _load_model(self) -> Any:
         raise NotImplementedError
 
-    @property
-    def loaded(self) -> bool:
-        return self._hf is not None
+    def _build(self) -> tuple[Any, Any]:
+        from transformers import AutoTokenizer
 
-    def _load(self) -> tuple[Any, Any]:
-        with self._lock:
-            if self._hf is None:
-                from transformers import AutoTokenizer
-
-                with quiet_hf():
-                    try:
-                        tok = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
-                        model = self._load_model()
-                    except (OSError, ValueError, KeyError) as e:
-                        raise PrismAudioError(f"cannot load the {self.what} encoder from {self.model_dir}: {e}") from None
-                tok.padding_side = "right"
-                if tok.pad_token is None:
-                    tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
-                model.eval().requires_grad_(False)
-                object.__setattr__(self, "_hf", (tok, model))
-            return self._hf
+        with quiet_hf():
+            try:
+                tok = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
+                model = self._load_model()
+            except (OSError, ValueError, KeyError) as e:
+                raise PrismAudioError(f"cannot load the {self.what} encoder from {self.model_dir}: {e}") from None
+        tok.padding_side = "right"
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+        model.eval().requires_grad_(False)
+        return (tok, model)
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> tuple[Tensor, Tensor]:

@@ -19,7 +19,6 @@ text encoder on machines without internet. Choices, and why:
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..errors import PrismAudioError
-from .base import Encoder, positive_int, register_encoder
+from .base import FrozenEncoder, positive_int, register_encoder
 
 
 def default_model_dir() -> Path:
@@ -48,7 +47,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 @register_encoder("minilm")
-class MiniLMTextEncoder(Encoder):
+class MiniLMTextEncoder(FrozenEncoder):
     """Frozen all-MiniLM-L6-v2: texts -> ([B, L, 384] zero-padded token states, lengths [B])."""
 
     modality = "text"
@@ -64,38 +63,25 @@ class MiniLMTextEncoder(Encoder):
         self.max_length = min(positive_int("max_length", max_length, "minilm"), limit)
         if self.max_length < 2:
             raise PrismAudioError("encoder 'minilm': max_length must be at least 2 ([CLS] and [SEP])")
-        self.trainable = False
-        # Empty, non-persistent: only tells us which device/dtype the pipeline moved us to.
-        self.register_buffer("_device_probe", torch.zeros(0), persistent=False)
-        object.__setattr__(self, "_hf", None)
-        object.__setattr__(self, "_lock", threading.Lock())
-        self.train(False)
 
-    @property
-    def loaded(self) -> bool:
-        return self._hf is not None
+    def _build(self) -> tuple[Any, Any]:
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
-    def _load(self) -> tuple[Any, Any]:
-        with self._lock:
-            if self._hf is None:
-                from transformers import AutoModel, AutoTokenizer
-                from transformers.utils import logging as hf_logging
-
-                verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-                hf_logging.set_verbosity_error()  # no "unused weights" chatter for a packaged model
-                hf_logging.disable_progress_bar()
-                try:
-                    tok = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
-                    model = AutoModel.from_pretrained(str(self.model_dir), local_files_only=True)
-                except (OSError, ValueError) as e:
-                    raise PrismAudioError(f"cannot load the MiniLM text encoder from {self.model_dir}: {e}") from None
-                finally:
-                    hf_logging.set_verbosity(verbosity)
-                    if bars:
-                        hf_logging.enable_progress_bar()
-                model.eval().requires_grad_(False)
-                object.__setattr__(self, "_hf", (tok, model))
-            return self._hf
+        verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+        hf_logging.set_verbosity_error()  # no "unused weights" chatter for a packaged model
+        hf_logging.disable_progress_bar()
+        try:
+            tok = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
+            model = AutoModel.from_pretrained(str(self.model_dir), local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise PrismAudioError(f"cannot load the MiniLM text encoder from {self.model_dir}: {e}") from None
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            if bars:
+                hf_logging.enable_progress_bar()
+        model.eval().requires_grad_(False)
+        return (tok, model)
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> tuple[Tensor, Tensor]:

@@ -22,7 +22,6 @@ encoder is missing.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ..errors import PrismAudioError
-from .base import Encoder, positive_float, positive_int, register_encoder
+from .base import FrozenEncoder, positive_float, positive_int, register_encoder
 from .clip import resize_center_crop
 
 _EXPECTED = (
@@ -41,7 +40,7 @@ _EXPECTED = (
 
 
 @register_encoder("videoprism")
-class VideoPrismVideoEncoder(Encoder):
+class VideoPrismVideoEncoder(FrozenEncoder):
     """Frozen VideoPrism (exported program): frames at 4 fps, 288x288 -> [B, T, 1024]."""
 
     modality = "video"
@@ -58,27 +57,15 @@ class VideoPrismVideoEncoder(Encoder):
         self.fps = positive_float("fps", fps, "videoprism")
         self.size = positive_int("size", size, "videoprism")
         self.output_dim = positive_int("output_dim", output_dim, "videoprism")
-        self.trainable = False
-        self.register_buffer("_device_probe", torch.zeros(0), persistent=False)
-        object.__setattr__(self, "_program", None)
-        object.__setattr__(self, "_lock", threading.Lock())
-        self.train(False)
 
-    @property
-    def loaded(self) -> bool:
-        return self._program is not None
-
-    def _load(self) -> Any:
-        with self._lock:
-            if self._program is None:
-                try:
-                    program = torch.export.load(str(self.path)).module()
-                except Exception as e:  # noqa: BLE001 - any unreadable export is a user error
-                    raise PrismAudioError(f"cannot load the VideoPrism export {self.path}: {e}") from None
-                for p in program.parameters():
-                    p.requires_grad_(False)
-                object.__setattr__(self, "_program", program)
-            return self._program
+    def _build(self) -> Any:
+        try:
+            program = torch.export.load(str(self.path)).module()
+        except Exception as e:  # noqa: BLE001 - any unreadable export is a user error
+            raise PrismAudioError(f"cannot load the VideoPrism export {self.path}: {e}") from None
+        for p in program.parameters():
+            p.requires_grad_(False)
+        return program
 
     @torch.no_grad()
     def forward(self, frames: Tensor) -> Tensor:
