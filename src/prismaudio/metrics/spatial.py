@@ -45,3 +45,215 @@ def gcc_phat_itd(left: Tensor | np.ndarray, right: Tensor | np.ndarray, sample_r
         den = a - 2 * b + c
         shift = 0.5 * (a - c) / den if den != 0 else 0.0
     return float((k - m + shift) / sample_rate)
+
+
+# --------------------------------------------------------------------------------------------------
+# BEWO evaluation protocol ("bewo" mode) and the PrismAudio paper's TDOA distributions ("paper" mode)
+# --------------------------------------------------------------------------------------------------
+BEWO_SR = 16000
+BEWO_N_EST = 100          # estimates at t = i / 10 s, i = 0..99 (first 10 s)
+BEWO_HOP = 1600           # 0.1 s at 16 kHz
+BEWO_WIN = 4352           # 3840 + 512
+BEWO_FRAME = 3840
+BEWO_NFFT = 7680
+BEWO_MAXLAG = 24          # 1.5 ms at 16 kHz
+
+
+def _stereo(audio, what: str = "audio") -> tuple[Tensor | None, str | None]:
+    """[2, S] float32 tensor, or (None, reason) for mono / empty input."""
+    x = audio if isinstance(audio, Tensor) else torch.as_tensor(np.asarray(audio))
+    x = x.detach().to("cpu", torch.float32)
+    if x.dim() == 1:
+        x = x[None]
+    if x.dim() != 2 or x.shape[-1] == 0:
+        return None, f"{what}: expected [channels, samples], got shape {tuple(x.shape)}"
+    if x.shape[0] == 1:
+        return None, f"{what}: mono input (1 channel) has no interaural time difference"
+    if x.shape[0] != 2:
+        return None, f"{what}: expected 2 channels, got {x.shape[0]}"
+    return x, None
+
+
+def _to_16k(x: Tensor, sr: int) -> Tensor:
+    if int(sr) == BEWO_SR:
+        return x
+    from ..io.audio import resample
+    return resample(x, int(sr), BEWO_SR)
+
+
+def bewo_window_starts(n_samples: int) -> list[int]:
+    """Start sample (16 kHz) of the window of each of the 100 estimates: centred on t = i/10 s,
+    clamped to [0, S - 4352] (so past the end of a short clip the last window repeats)."""
+    hi = max(n_samples - BEWO_WIN, 0)
+    return [min(max(i * BEWO_HOP - BEWO_WIN // 2, 0), hi) for i in range(BEWO_N_EST)]
+
+
+def _bewo_window_itd(frames_l: Tensor, frames_r: Tensor) -> Tensor:
+    """Integer-lag GCC-PHAT ITD (s) of each frame [..., 3840], exactly as BEWO; NaN where the
+    cross-spectrum is identically zero (digital silence: BEWO's argmax would return lag -24)."""
+    pad = (0, BEWO_NFFT - BEWO_FRAME)
+    xl = torch.fft.rfft(torch.nn.functional.pad(frames_l, pad))
+    xr = torch.fft.rfft(torch.nn.functional.pad(frames_r, pad))
+    r = xl * xr.conj()
+    mag = r.abs()
+    cc = torch.fft.irfft(r / (mag + 1e-20), n=BEWO_NFFT)
+    m = BEWO_MAXLAG
+    win = torch.cat([cc[..., -m:], cc[..., : m + 1]], dim=-1)  # lags -24..24
+    itd = -(win.abs().argmax(-1).to(torch.float64) - m) / BEWO_SR
+    return torch.where(mag.amax(-1) > 0, itd, torch.full_like(itd, float("nan")))
+
+
+def itd_track_bewo(audio, sr: int, frame_stride: int = 1, max_frames_per_chunk: int = 1026) -> Tensor:
+    """BEWO's GCC-PHAT ITD track: Tensor[100] (float64, seconds) for t = 0, 0.1, ..., 9.9 s.
+
+    Protocol (BEWO evaluation code): resample to 16 kHz; window of 4352 samples centred on t and
+    clamped at the file edges (clips shorter than 10 s repeat their last window; clips shorter than
+    one window are zero-padded to 4352); the window is unfolded into 513 frames of 3840 samples with
+    step 1; per frame R = X_L conj(X_R) with FFT size 7680, cc = irfft(R / (|R| + 1e-20)), lags
+    limited to +-24 (1.5 ms); ITD = -(argmax|cc| - 24) / fs; the estimate is the mean over frames.
+
+    Sign: with R = X_L conj(X_R) the correlation peaks at lag -d when the right channel is the left
+    one delayed by d samples, so BEWO's leading minus makes the ITD POSITIVE WHEN THE LEFT CHANNEL
+    LEADS -- the same convention as `gcc_phat_itd` (and as the synth scene's `itd_s`). Unlike
+    `gcc_phat_itd` this mode keeps BEWO's integer lags (no sub-sample interpolation, plain PHAT).
+
+    Deviations, all documented: frames of digital silence (cross-spectrum exactly 0) are NaN and
+    skipped by the mean (BEWO would count them as +1.5 ms); a window with only such frames is NaN.
+    Mono ([S] or [1, S]) input gives a track of zeros (identical channels have zero ITD). Windows
+    repeated by the clamping are computed once. `frame_stride` > 1 is an approximation (every
+    k-th of the 513 frames, always including the last) for speed; 1 is the exact protocol.
+    """
+    x, reason = _stereo(audio)
+    if x is None:
+        if "mono" in (reason or ""):
+            return torch.zeros(BEWO_N_EST, dtype=torch.float64)
+        raise ValueError(reason)
+    x = _to_16k(x, sr)
+    if x.shape[-1] < BEWO_WIN:
+        x = torch.nn.functional.pad(x, (0, BEWO_WIN - x.shape[-1]))
+    starts = bewo_window_starts(x.shape[-1])
+    uniq = sorted(set(starts))
+    offs = torch.arange(0, BEWO_WIN - BEWO_FRAME + 1, max(1, int(frame_stride)))
+    if offs[-1] != BEWO_WIN - BEWO_FRAME:
+        offs = torch.cat([offs, torch.tensor([BEWO_WIN - BEWO_FRAME])])
+    per_win = len(offs)
+    wins_per_chunk = max(1, max_frames_per_chunk // per_win)
+    idx = offs[:, None] + torch.arange(BEWO_FRAME)[None]  # [F, 3840]
+    est = {}
+    for c in range(0, len(uniq), wins_per_chunk):
+        ss = torch.tensor(uniq[c:c + wins_per_chunk])
+        gather = ss[:, None, None] + idx[None]  # [W, F, 3840]
+        itd = _bewo_window_itd(x[0][gather], x[1][gather])  # [W, F]
+        mean = torch.nanmean(itd, dim=-1)
+        for s, v in zip(ss.tolist(), mean.tolist()):
+            est[s] = v
+    return torch.tensor([est[s] for s in starts], dtype=torch.float64)
+
+
+def _load_any(a, sr: int):
+    if isinstance(a, (str, bytes)) or hasattr(a, "__fspath__"):
+        from ..io.audio import load_audio
+        return load_audio(a, sample_rate=None, channels=None)
+    return a, sr
+
+
+def gcc_mse_bewo(ref_audios, gen_audios, sr: int, frame_stride: int = 1, return_details: bool = False):
+    """BEWO GCC MSE between paired reference and generated clips (tensors [2, S] or file paths):
+    per file the mean of its 100 ITDs (s), squared difference, mean over files, x1000 as reported.
+    Files whose mean is NaN (silent) are skipped and listed in the details; NaN if none is left."""
+    refs, gens = list(ref_audios), list(gen_audios)
+    if len(refs) != len(gens):
+        raise ValueError(f"{len(refs)} reference vs {len(gens)} generated clips")
+    ref_m, gen_m, skipped = [], [], []
+    for i, (r, g) in enumerate(zip(refs, gens)):
+        (ra, rsr), (ga, gsr) = _load_any(r, sr), _load_any(g, sr)
+        mr = float(torch.nanmean(itd_track_bewo(ra, rsr, frame_stride)))
+        mg = float(torch.nanmean(itd_track_bewo(ga, gsr, frame_stride)))
+        ref_m.append(mr)
+        gen_m.append(mg)
+        if not (np.isfinite(mr) and np.isfinite(mg)):
+            skipped.append((i, "silent reference" if not np.isfinite(mr) else "silent generated clip"))
+    d = np.array(ref_m) - np.array(gen_m)
+    ok = np.isfinite(d)
+    value = float(np.mean(d[ok] ** 2) * 1000) if ok.any() else float("nan")
+    if not return_details:
+        return value
+    return {"mode": "bewo", "gcc_mse": value, "ref_mean_itd_s": ref_m, "gen_mean_itd_s": gen_m,
+            "skipped": skipped, "reason": None if ok.any() else "no clip pair with a finite ITD"}
+
+
+def _gcc_phat_batch(l: Tensor, r: Tensor, sample_rate: int, max_delay_s: float) -> Tensor:
+    """Vectorised `gcc_phat_itd` over rows [B, n] (same regularised PHAT and parabolic refinement)."""
+    n = l.shape[-1]
+    nfft = 1 << max(1, (2 * n - 1).bit_length())
+    cross = torch.fft.rfft(r.double(), nfft) * torch.fft.rfft(l.double(), nfft).conj()
+    mag = cross.abs()
+    floor = _FLOOR * mag.amax(-1, keepdim=True)
+    cc = torch.fft.irfft(cross / torch.maximum(mag, floor).clamp_min(1e-300), nfft)
+    m = max(1, min(int(round(max_delay_s * sample_rate)), nfft // 2 - 1))
+    win = torch.cat([cc[..., -m:], cc[..., : m + 1]], dim=-1)
+    k = win.argmax(-1)
+    kc = k.clamp(1, 2 * m - 1)
+    a, b, c = (win.gather(-1, (kc + o)[:, None])[:, 0] for o in (-1, 0, 1))
+    den = a - 2 * b + c
+    shift = torch.where((k == kc) & (den != 0), 0.5 * (a - c) / torch.where(den != 0, den, 1.0), 0.0)
+    return (k - m + shift) / sample_rate
+
+
+def tdoa_distribution_paper(audio, sr: int, hop_s: float = 0.1, seg_s: float = 0.1,
+                            threshold_dbfs: float = -16.0, max_delay_s: float = 1.5e-3,
+                            level: str = "peak") -> tuple[Tensor, str | None]:
+    """Paper mode (PrismAudio App. F.1): (TDOAs in seconds of the non-silent segments, reason).
+
+    The clip (resampled to 16 kHz) is cut every `hop_s` into segments of `seg_s`; a segment is
+    non-silent when its level in dBFS is above `threshold_dbfs`: `level="peak"` (default: 20 log10
+    of the largest |sample| of either channel) or `"rms"` (RMS over both channels; full-scale square
+    = 0 dBFS -- with -16 dB this drops the decays of most impact sounds, hence peak by default); its TDOA is `gcc_phat_itd` (regularised PHAT, parabolic sub-sample
+    peak, > 0: left leads). Silent or mono audio gives an empty tensor and a reason, never raises.
+    """
+    x, reason = _stereo(audio)
+    if x is None:
+        return torch.zeros(0, dtype=torch.float64), reason
+    x = _to_16k(x, sr)
+    hop, seg = int(round(hop_s * BEWO_SR)), int(round(seg_s * BEWO_SR))
+    if x.shape[-1] < seg:
+        return torch.zeros(0, dtype=torch.float64), f"clip shorter than one {seg_s} s segment"
+    segs = x.unfold(-1, seg, hop)  # [2, N, seg]
+    if level == "peak":
+        lev = segs.double().abs().amax(dim=(0, 2))
+    elif level == "rms":
+        lev = segs.double().pow(2).mean(dim=(0, 2)).sqrt()
+    else:
+        raise ValueError(f"level must be 'peak' or 'rms', got {level!r}")
+    keep = 20 * torch.log10(lev.clamp_min(1e-12)) > threshold_dbfs
+    if not bool(keep.any()):
+        return torch.zeros(0, dtype=torch.float64), f"no segment above {threshold_dbfs} dBFS (silent audio)"
+    return _gcc_phat_batch(segs[0][keep], segs[1][keep], BEWO_SR, max_delay_s), None
+
+
+def wasserstein1(a: Tensor, b: Tensor) -> float:
+    """Wasserstein-1 distance between two 1-D empirical distributions (integral of |F_a - F_b|)."""
+    a, b = torch.sort(a.double().reshape(-1))[0], torch.sort(b.double().reshape(-1))[0]
+    allv = torch.sort(torch.cat([a, b]))[0]
+    fa = torch.searchsorted(a, allv[:-1], right=True).double() / len(a)
+    fb = torch.searchsorted(b, allv[:-1], right=True).double() / len(b)
+    return float(((fa - fb).abs() * allv.diff()).sum())
+
+
+def gcc_distribution_distance_paper(ref, gen, sr: int, **kw) -> dict:
+    """Paper mode distance between the reference and generated TDOA distributions (in ms):
+    distance = (mean_ref - mean_gen)^2 + W1(ref, gen) -- the squared difference of means is the
+    per-file analogue of BEWO's MSE, the Wasserstein-1 term catches spread/shape differences (e.g.
+    a bimodal left/right scene rendered centred). NaN with a reason when either side is empty."""
+    tr, rr = tdoa_distribution_paper(ref, sr, **kw)
+    tg, rg = tdoa_distribution_paper(gen, sr, **kw)
+    out = {"mode": "paper", "distance": float("nan"), "mean_sq_ms2": float("nan"), "w1_ms": float("nan"),
+           "n_ref": len(tr), "n_gen": len(tg), "reason": None}
+    if len(tr) == 0 or len(tg) == 0:
+        out["reason"] = f"reference: {rr}" if len(tr) == 0 else f"generated: {rg}"
+        return out
+    tr, tg = tr * 1e3, tg * 1e3
+    out["mean_sq_ms2"] = float((tr.mean() - tg.mean()) ** 2)
+    out["w1_ms"] = wasserstein1(tr, tg)
+    out["distance"] = out["mean_sq_ms2"] + out["w1_ms"]
+    return out
