@@ -1,4 +1,4 @@
-"""`prismaudio` command line: `generate`, `synth`, `extract`, `convert-official`.
+"""`prismaudio` command line: `generate`, `synth`, `extract`, `train-judges`, `convert-official`.
 
 Every user error is one line on stderr and exit code 2; outputs are staged in a temporary
 directory and moved into `--out` only when everything succeeded, so a failure writes nothing.
@@ -181,6 +181,21 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0 if summary.done or summary.skipped_existing or not summary.failed else 1
 
 
+def cmd_train_judges(args: argparse.Namespace) -> int:
+    import json
+
+    from .metrics.train_judges import train_judges
+
+    for name in ("semantic_steps", "sync_steps", "quality_steps"):
+        if getattr(args, name) <= 0:
+            raise PrismAudioError(f"--{name.replace('_', '-')} must be a positive integer")
+    metrics = train_judges(args.corpus, args.out, semantic_steps=args.semantic_steps, sync_steps=args.sync_steps,
+                           quality_steps=args.quality_steps, seed=args.seed, limit=args.limit,
+                           log=None if args.quiet else print)
+    print(json.dumps(metrics, indent=1))
+    return 0
+
+
 # ---------------------------------------------------------------------------------- parser
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr (exit 2), like every other error."""
@@ -232,6 +247,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0, help="seed of the sampled VAE latents")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_extract)
+
+    j = sub.add_parser("train-judges", help="train the offline semantic / sync / quality judges on a corpus")
+    j.add_argument("--corpus", required=True, help="corpus directory (or its manifest) from `prismaudio synth`")
+    j.add_argument("--out", required=True, help="output directory: semantic/, sync/, quality/, metrics.json")
+    j.add_argument("--semantic-steps", type=int, default=1200)
+    j.add_argument("--sync-steps", type=int, default=1500)
+    j.add_argument("--quality-steps", type=int, default=1500)
+    j.add_argument("--limit", type=int, default=None, help="use at most this many clips per split")
+    j.add_argument("--seed", type=int, default=0)
+    j.add_argument("--quiet", action="store_true")
+    j.set_defaults(func=cmd_train_judges)
 
     c = sub.add_parser("convert-official", help="convert an official PrismAudio checkpoint")
     c.add_argument("--weights", required=True, help="official prismaudio.ckpt or .safetensors")
