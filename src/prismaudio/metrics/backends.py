@@ -49,6 +49,7 @@ BACKEND_PROVIDERS: dict[str, str] = {
     "stereocrw": "prismaudio.metrics.adapters.stereocrw",
     "vggish": "prismaudio.metrics.adapters.vggish",
     "passt": "prismaudio.metrics.adapters.passt",
+    "passt_classifier": "prismaudio.metrics.adapters.passt",
 }
 
 
@@ -84,7 +85,7 @@ def backend_role(name: str) -> str:
 
 def build_backend(name: str, **params: Any) -> Any:
     """Build backend `name`; unknown parameters are one clear error (a config typo), not a TypeError."""
-    role, factory = _resolve(name)
+    _, factory = _resolve(name)
     sig = inspect.signature(factory)
     if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
         unknown = sorted(set(params) - set(sig.parameters))

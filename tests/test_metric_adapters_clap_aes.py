@@ -1,0 +1,289 @@
+"""Real metric adapters (CLAP, Audiobox Aesthetics, VGGish, PaSST) with tiny random weights written to tmp."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from prismaudio.errors import PrismAudioError
+from prismaudio.metrics.backends import backend_role, build_backend
+
+transformers = pytest.importorskip("transformers")
+from safetensors.torch import save_file
+
+WORDS = ["a", "dog", "barks", "car", "engine", "rain", "falls", "music", "plays", "!"]
+
+
+def _tokenizer(d: Path, gpt2: bool) -> None:
+    """A tiny word-level fast tokenizer saved next to the model (no download)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    special = ["!", "<|endoftext|>", "<unk>"] if gpt2 else ["<s>", "<pad>", "</s>", "<unk>"]
+    vocab = {t: i for i, t in enumerate(special + [w for w in WORDS if w not in special])}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    if gpt2:
+        fast = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", eos_token="<|endoftext|>", pad_token="!")
+    else:
+        fast = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                       unk_token="<unk>")
+    fast.save_pretrained(str(d))
+
+
+def _tiny_audio_config(**kw):
+    from transformers import ClapAudioConfig
+
+    return ClapAudioConfig(spec_size=64, num_mel_bins=16, patch_size=4, patch_stride=[4, 4], hidden_size=32,
+                           depths=[1, 1], num_attention_heads=[2, 2], window_size=4, projection_dim=16,
+                           enable_fusion=False, patch_embeds_hidden_size=16, **kw)
+
+
+def _feature_extractor(sr: int):
+    from transformers import ClapFeatureExtractor
+
+    return ClapFeatureExtractor(feature_size=16, sampling_rate=sr, hop_length=sr // 100, max_length_s=2,
+                                fft_window_size=1024)
+
+
+@pytest.fixture(scope="module")
+def laion_dir(tmp_path_factory) -> Path:
+    from transformers import ClapConfig, ClapModel, ClapTextConfig
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("laion")
+    tc = ClapTextConfig(vocab_size=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, projection_dim=16, max_position_embeddings=40)
+    cfg = ClapConfig(text_config=tc.to_dict(), audio_config=_tiny_audio_config().to_dict(), projection_dim=16)
+    ClapModel(cfg).save_pretrained(str(d))
+    _feature_extractor(48_000).save_pretrained(str(d))
+    _tokenizer(d, gpt2=False)
+    return d
+
+
+@pytest.fixture(scope="module")
+def msclap_dir(tmp_path_factory) -> Path:
+    from prismaudio.metrics.adapters.clap import MSClapNet
+
+    torch.manual_seed(1)
+    d = tmp_path_factory.mktemp("msclap")
+    audio_cfg = _tiny_audio_config().to_dict()
+    text_cfg = {"vocab_size": 16, "n_embd": 32, "n_layer": 1, "n_head": 2, "n_positions": 32}
+    (d / "config.json").write_text(json.dumps({"audio_config": audio_cfg, "text_config": text_cfg,
+                                               "projection_dim": 24, "text_max_length": 12}))
+    net = MSClapNet(audio_cfg, text_cfg, 24)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(d / "model.safetensors"))
+    _feature_extractor(44_100).save_pretrained(str(d))
+    _tokenizer(d, gpt2=True)
+    return d
+
+
+def _audio(b: int = 2, c: int = 2, sr: int = 16_000, seconds: float = 1.5, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return 0.1 * torch.randn(b, c, int(sr * seconds), generator=g)
+
+
+TEXTS = ["a dog barks", "rain falls"]
+
+
+@pytest.mark.parametrize("name", ["laion_clap", "ms_clap"])
+def test_clap_shapes_norm_score_roundtrip(name, laion_dir, msclap_dir):
+    path = laion_dir if name == "laion_clap" else msclap_dir
+    assert backend_role(name) == "clap"
+    clap = build_backend(name, path=str(path))
+    stereo = _audio(sr=22_050)  # non-native rate, stereo
+    a = clap.embed_audio(stereo, 22_050)
+    t = clap.embed_text(TEXTS)
+    assert a.shape[0] == 2 and t.shape == a.shape
+    assert torch.allclose(a.norm(dim=-1), torch.ones(2), atol=1e-5)
+    assert torch.allclose(t.norm(dim=-1), torch.ones(2), atol=1e-5)
+    s = clap.score(stereo, 22_050, TEXTS)
+    assert s.shape == (2,) and bool(((s >= -1) & (s <= 1)).all())
+    assert torch.allclose(s, (a * t).sum(-1), atol=1e-5)
+    mono = clap.embed_audio(stereo[0].mean(0, keepdim=True), 22_050)  # [C, S] one mono clip
+    assert torch.allclose(mono, a[:1], atol=1e-4)
+    again = build_backend(name, path=str(path))  # fresh load from disk: identical outputs
+    assert torch.allclose(again.embed_audio(stereo, 22_050), a, atol=1e-6)
+    assert torch.allclose(again.embed_text(TEXTS), t, atol=1e-6)
+    with pytest.raises(PrismAudioError):
+        clap.score(stereo, 22_050, TEXTS[:1])
+
+
+@pytest.mark.parametrize("name", ["laion_clap", "ms_clap", "audiobox_aesthetics", "vggish", "passt"])
+def test_missing_path_is_one_clear_error(name, tmp_path):
+    with pytest.raises(PrismAudioError, match="path"):
+        build_backend(name)
+    with pytest.raises(PrismAudioError, match="does not exist"):
+        build_backend(name, path=str(tmp_path / "nope"))
+
+
+def test_clap_wrong_keys(msclap_dir, tmp_path):
+    import shutil
+
+    d = tmp_path / "bad"
+    shutil.copytree(msclap_dir, d)
+    save_file({"audio_encoder.base.htsat.bn0.weight": torch.zeros(3)}, str(d / "model.safetensors"))
+    with pytest.raises(PrismAudioError, match="raw msclap"):
+        build_backend("ms_clap", path=str(d)).embed_text(TEXTS)
+    save_file({"foo.weight": torch.zeros(3)}, str(d / "model.safetensors"))
+    with pytest.raises(PrismAudioError, match="do not match"):
+        build_backend("ms_clap", path=str(d)).embed_text(TEXTS)
+
+
+# ---------------------------------------------------------------- Audiobox Aesthetics
+
+TINY_WAVLM = {"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 32,
+              "conv_dim": [8, 8], "conv_stride": [16, 10], "conv_kernel": [32, 10], "num_conv_pos_embeddings": 8,
+              "num_conv_pos_embedding_groups": 2, "num_buckets": 16, "max_bucket_distance": 40}
+_INV_LAYER = {v: k for k, v in __import__("prismaudio.metrics.adapters.aesthetics",
+                                          fromlist=["_LAYER_MAP"])._LAYER_MAP.items()}
+
+
+def _hf_to_fairseq(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of the adapter's key mapping, to write a release-layout (fairseq-key) checkpoint."""
+    out = {}
+    glob = {"feature_projection.projection.": "post_extract_proj.", "feature_projection.layer_norm.": "layer_norm.",
+            "encoder.pos_conv_embed.conv.bias": "encoder.pos_conv.0.bias",
+            "encoder.pos_conv_embed.conv.parametrizations.weight.original0": "encoder.pos_conv.0.weight_g",
+            "encoder.pos_conv_embed.conv.parametrizations.weight.original1": "encoder.pos_conv.0.weight_v",
+            "encoder.layer_norm.": "encoder.layer_norm.", "masked_spec_embed": "mask_emb"}
+    for k, v in sd.items():
+        m = re.fullmatch(r"feature_extractor\.conv_layers\.(\d+)\.(conv|layer_norm)\.(weight|bias)", k)
+        m2 = re.fullmatch(r"encoder\.layers\.(\d+)\.(.+?)(\.weight|\.bias)?", k)
+        if m:
+            new = f"feature_extractor.conv_layers.{m.group(1)}.{0 if m.group(2) == 'conv' else 2}.{m.group(3)}"
+        elif m2 and m2.group(2) in _INV_LAYER:
+            new = f"encoder.layers.{m2.group(1)}.{_INV_LAYER[m2.group(2)]}{m2.group(3) or ''}"
+        else:
+            new = next(k.replace(a, b, 1) for a, b in glob.items() if k.startswith(a))
+        out[new] = v
+    return out
+
+
+TARGET = {a: {"mean": 5.5, "std": 1.5} for a in ("CE", "CU", "PC", "PQ")}
+
+
+@pytest.fixture(scope="module")
+def aes_ckpt(tmp_path_factory) -> Path:
+    from transformers import WavLMConfig
+
+    from prismaudio.metrics.adapters.aesthetics import _AesModel
+
+    torch.manual_seed(2)
+    model = _AesModel(WavLMConfig(**TINY_WAVLM), nth_layer=3, head_layers=1, normalize_embed=True)
+    for p in model.layer_weights.values():
+        p.data.normal_()
+    sd = {f"model.wavlm_model.{k}": v for k, v in _hf_to_fairseq(
+        {k[len("wavlm."):]: v for k, v in model.state_dict().items() if k.startswith("wavlm.")}).items()}
+    sd.update({f"model.{k}": v for k, v in model.state_dict().items() if not k.startswith("wavlm.")})
+    path = tmp_path_factory.mktemp("aes") / "checkpoint.pt"
+    torch.save({"state_dict": sd, "model_cfg": {"nth_layer": 3, "proj_num_layer": 1, "normalize_embed": True},
+                "target_transform": TARGET}, str(path))
+    return path
+
+
+def test_aesthetics_axes_range_and_roundtrip(aes_ckpt, tmp_path):
+    assert backend_role("audiobox_aesthetics") == "aesthetics"
+    aes = build_backend("audiobox_aesthetics", path=str(aes_ckpt), wavlm_config=TINY_WAVLM, window_s=1.0)
+    audio = _audio(b=2, c=2, sr=22_050, seconds=1.6)  # stereo, non-native rate, 2 windows (the last padded)
+    out = aes.score(audio, 22_050)
+    assert set(out) == {"PQ", "PC", "CE", "CU"}
+    for v in out.values():
+        assert v.shape == (2,) and bool(((v >= 1) & (v <= 10)).all())
+    assert not torch.allclose(out["CE"], out["PQ"])  # distinct heads
+    again = build_backend("audiobox_aesthetics", path=str(aes_ckpt), wavlm_config=TINY_WAVLM, window_s=1.0)
+    for k, v in again.score(audio, 22_050).items():
+        assert torch.allclose(v, out[k], atol=1e-5)
+    one = aes.score(audio[1], 22_050)  # [C, S] accepted
+    assert torch.allclose(one["PC"], out["PC"][1:], atol=1e-4)
+    # the hub-export directory layout (config.json + model.safetensors with encoder.* keys) loads the same
+    ck = torch.load(str(aes_ckpt), weights_only=True)
+    d = tmp_path / "hub"
+    d.mkdir()
+    save_file({"encoder." + k[len("model."):]: v.contiguous() for k, v in ck["state_dict"].items()},
+              str(d / "model.safetensors"))
+    (d / "config.json").write_text(json.dumps({**ck["model_cfg"], "target_transform": TARGET}))
+    hub = build_backend("audiobox_aesthetics", path=str(d), wavlm_config=TINY_WAVLM, window_s=1.0)
+    for k, v in hub.score(audio, 22_050).items():
+        assert torch.allclose(v, out[k], atol=1e-5)
+
+
+def test_aesthetics_bad_checkpoints(aes_ckpt, tmp_path):
+    ck = torch.load(str(aes_ckpt), weights_only=True)
+    bad = tmp_path / "bad.pt"
+    torch.save({"state_dict": ck["state_dict"], "model_cfg": ck["model_cfg"]}, str(bad))
+    with pytest.raises(PrismAudioError, match="target_transform"):
+        build_backend("audiobox_aesthetics", path=str(bad), wavlm_config=TINY_WAVLM).score(_audio(1), 16_000)
+    sd = dict(ck["state_dict"])
+    sd.pop("model.proj_layer.PQ.0.weight")
+    torch.save({**ck, "state_dict": sd}, str(bad))
+    with pytest.raises(PrismAudioError, match="missing"):
+        build_backend("audiobox_aesthetics", path=str(bad), wavlm_config=TINY_WAVLM).score(_audio(1), 16_000)
+
+
+# ---------------------------------------------------------------- VGGish
+
+TINY_VGG = {"channels": (4, 4, 8, 8, 8, 8), "hidden": 16}
+
+
+def test_vggish_embed(tmp_path):
+    from prismaudio.metrics.adapters.vggish import VGGishNet, vggish_mel_matrix
+
+    torch.manual_seed(3)
+    net = VGGishNet(False, TINY_VGG["channels"], TINY_VGG["hidden"])
+    assert [k for k in net.state_dict() if k.endswith("weight")][:2] == ["features.0.weight", "features.3.weight"]
+    assert "embeddings.4.weight" in net.state_dict()
+    path = tmp_path / "vggish.pth"
+    torch.save(net.state_dict(), str(path))
+    vg = build_backend("vggish", path=str(path), **TINY_VGG)
+    assert backend_role("vggish") == "embedder"
+    audio = _audio(b=2, c=2, sr=32_000, seconds=2.0)
+    e = vg.embed(audio, 32_000)
+    assert e.shape == (2, 128) and torch.isfinite(e).all()
+    assert torch.allclose(build_backend("vggish", path=str(path), **TINY_VGG).embed(audio, 32_000), e, atol=1e-6)
+    assert vg.embed(_audio(b=1, c=1, seconds=0.3), 16_000).shape == (1, 128)  # shorter than one patch
+    mel = vggish_mel_matrix()
+    assert mel.shape == (257, 64) and float(mel[0].abs().sum()) == 0.0
+    torch.save({"features.0.weight": torch.zeros(1)}, str(path))
+    with pytest.raises(PrismAudioError, match="do not match"):
+        build_backend("vggish", path=str(path), **TINY_VGG).embed(audio, 32_000)
+
+
+# ---------------------------------------------------------------- PaSST
+
+TINY_PASST = {"img_size": (32, 150), "patch_size": 8, "stride": 8, "embed_dim": 16, "depth": 1, "num_heads": 2,
+              "num_classes": 527}
+
+
+def test_passt_embed_and_logits(tmp_path):
+    from prismaudio.metrics.adapters.passt import PaSSTNet, kaldi_mel_banks
+
+    torch.manual_seed(4)
+    net = PaSSTNet(**TINY_PASST)
+    for p in net.parameters():  # the reference init zeroes tokens/positional embeddings; randomise all
+        p.data.normal_(0, 0.2)
+    keys = set(net.state_dict())
+    assert {"cls_token", "dist_token", "new_pos_embed", "freq_new_pos_embed", "time_new_pos_embed",
+            "patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "blocks.0.mlp.fc2.bias", "head.0.weight",
+            "head.1.weight", "head_dist.weight"} <= keys
+    path = tmp_path / "passt.safetensors"
+    save_file({f"net.{k}": v.contiguous() for k, v in net.state_dict().items()}, str(path))  # wrapper prefix
+    assert backend_role("passt") == "embedder" and backend_role("passt_classifier") == "classifier"
+    emb = build_backend("passt", path=str(path), window_s=1.0, **TINY_PASST)
+    audio = _audio(b=2, c=2, sr=16_000, seconds=1.5)  # 2 windows (1 s + 0.5 s would be dropped: < 1 s)
+    e = emb.embed(audio, 16_000)
+    lo = emb.logits(audio, 16_000)
+    assert e.shape == (2, 16) and lo.shape == (2, 527) and torch.isfinite(lo).all()
+    cls = build_backend("passt_classifier", path=str(path), window_s=1.0, **TINY_PASST)
+    assert torch.allclose(cls.logits(audio, 16_000), lo, atol=1e-5)  # fresh load, same outputs
+    assert torch.allclose(cls.embed(audio[0], 16_000), e[:1], atol=1e-4)  # [C, S] input
+    assert emb.embed(_audio(b=1, c=1, seconds=0.05), 16_000).shape == (1, 16)  # shorter than a patch
+    banks = kaldi_mel_banks(128, 1024, 32_000, 0.0, 15_500.0)
+    assert banks.shape == (128, 513) and float(banks[:, -1].abs().sum()) == 0.0
+    save_file({"blocks.0.attn.qkv.weight": torch.zeros(2)}, str(path))
+    with pytest.raises(PrismAudioError, match="do not match"):
+        build_backend("passt", path=str(path), **TINY_PASST).embed(audio, 16_000)

@@ -1,0 +1,207 @@
+"""StereoCRW (crw) and Synchformer DeSync adapters with tiny random networks: strict loading,
+BEWO/av-benchmark output contracts and properties that a sign or channel mix-up would break."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from prismaudio.errors import PrismAudioError
+from prismaudio.metrics.adapters.desync import (
+    OFFSET_GRID,
+    LogMel,
+    SynchformerDesync,
+    SynchformerNet,
+    mel_filterbank,
+)
+from prismaudio.metrics.adapters.stereocrw import StereoCRW, StereoCRWNet
+from prismaudio.metrics.backends import backend_role, build_backend
+
+# tiny configs: the protocol (513 patches of 3840 samples, 14 segments, 21 classes) stays, the nets shrink
+CRW_CFG = {"feat_dim": 8, "width": 4, "n_fft": 16, "win_length": 16, "hop_length": 480}
+SYNC_CFG = {"dim": 32, "depth": 1, "heads": 2, "size": 32, "patch_size": 16, "sync_dim": 32, "sync_depth": 1,
+            "sync_heads": 2}
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def crw_ckpt(tmp_path_factory) -> tuple[Path, dict]:
+    torch.manual_seed(0)
+    sd = StereoCRWNet(**CRW_CFG).state_dict()
+    path = tmp_path_factory.mktemp("crw") / "crw.safetensors"
+    save_file(sd, str(path))
+    return path, sd
+
+
+@pytest.fixture(scope="module")
+def crw(crw_ckpt) -> StereoCRW:
+    return StereoCRW(str(crw_ckpt[0]), **CRW_CFG)
+
+
+@pytest.fixture(scope="module")
+def sync_ckpt(tmp_path_factory) -> tuple[Path, dict]:
+    torch.manual_seed(1)
+    sd = SynchformerNet(**SYNC_CFG).state_dict()
+    path = tmp_path_factory.mktemp("sync") / "sync.safetensors"
+    save_file(sd, str(path))
+    return path, sd
+
+
+@pytest.fixture(scope="module")
+def sync(sync_ckpt) -> SynchformerDesync:
+    return SynchformerDesync(str(sync_ckpt[0]), **SYNC_CFG)
+
+
+def _delayed(d: int, n: int = 4352, seed: int = 0) -> torch.Tensor:
+    """Stereo [2, n]: the right channel is the left one delayed by d samples (left leads)."""
+    g = torch.Generator().manual_seed(seed)
+    sig = torch.randn(n + d, generator=g)
+    return torch.stack([sig[d:], sig[: n]])
+
+
+# ------------------------------------------------------------------------------------------ CRW
+def test_crw_registered_and_missing_path(tmp_path):
+    assert backend_role("stereocrw") == "crw"
+    with pytest.raises(PrismAudioError, match="path="):
+        build_backend("stereocrw")
+    with pytest.raises(PrismAudioError, match="nope.safetensors"):
+        StereoCRW(str(tmp_path / "nope.safetensors"))
+
+
+def test_crw_round_trip_torch_layout(crw, crw_ckpt, tmp_path):
+    """A .pt under "state_dict" with DataParallel "module." prefixes and torchaudio's `trans.window`
+    loads to the very same network as the safetensors file."""
+    _, sd = crw_ckpt
+    wrapped = {"state_dict": {f"module.{k}": v for k, v in sd.items()} | {"module.trans.window": torch.ones(256)}}
+    pt = tmp_path / "crw.pth.tar"
+    torch.save(wrapped, pt)
+    other = StereoCRW(str(pt), **CRW_CFG)
+    x = torch.randn(2, 4352, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(crw.itd_track(x, SR), other.itd_track(x, SR))
+
+
+def test_crw_strict_keys(crw_ckpt, tmp_path):
+    _, sd = crw_ckpt
+    bad = dict(sd)
+    bad.pop("net.fc.weight")
+    bad["net.extra.weight"] = torch.zeros(1)
+    path = tmp_path / "bad.safetensors"
+    save_file(bad, str(path))
+    with pytest.raises(PrismAudioError) as err:
+        _ = StereoCRW(str(path), **CRW_CFG).net
+    assert "net.fc.weight" in str(err.value) and "net.extra.weight" in str(err.value)
+    with pytest.raises(PrismAudioError, match="shape mismatch"):
+        _ = StereoCRW(str(crw_ckpt[0]), **(CRW_CFG | {"feat_dim": 16})).net
+
+
+def test_crw_track_contract(crw):
+    x = torch.randn(2, 6000, generator=torch.Generator().manual_seed(4))
+    track = crw.itd_track(x, SR)
+    assert track.shape == (100,) and track.dtype == torch.float64
+    assert torch.isfinite(track).all() and (track.abs() <= 1.5e-3 + 1e-12).all()
+    assert torch.equal(crw.itd_track(x[:1], SR), torch.zeros(100))  # mono: no ITD
+    silent = crw.itd_track(torch.zeros(2, 5000), SR)
+    assert torch.isnan(silent).all()
+
+
+def test_crw_affinity_transposes_on_channel_swap(crw):
+    x = _delayed(7)
+    a = crw.affinity(x)
+    assert a.shape == (513, 513)
+    torch.testing.assert_close(crw.affinity(x.flip(0)), a.T)
+
+
+def test_crw_argmax_recovers_exact_delay(crw_ckpt):
+    """With select="argmax" the exact match (cosine 1) wins: a pure delay of d samples gives d/fs,
+    swapped channels -d/fs, identical channels 0 -- whatever the random weights."""
+    crw = StereoCRW(str(crw_ckpt[0]), select="argmax", **CRW_CFG)
+    x = _delayed(10)
+    assert torch.allclose(crw.itd_track(x, SR), torch.full((100,), 10 / SR, dtype=torch.float64))
+    assert torch.allclose(crw.itd_track(x.flip(0), SR), torch.full((100,), -10 / SR, dtype=torch.float64))
+    assert torch.equal(crw.itd_track(torch.stack([x[0], x[0]]), SR), torch.zeros(100, dtype=torch.float64))
+
+
+def test_crw_soft_weight_sign(crw_ckpt):
+    crw = StereoCRW(str(crw_ckpt[0]), tau=0.005, **CRW_CFG)
+    x = _delayed(10)
+    assert float(crw.itd_track(x, SR).mean()) > 0 > float(crw.itd_track(x.flip(0), SR).mean())
+
+
+def test_crw_mse(crw):
+    """Mirrors `gcc_mse_bewo`: per-file mean ITD, squared difference x1000, silent pairs skipped."""
+    a, b, silent = _delayed(10), _delayed(10).flip(0), torch.zeros(2, 4352)
+    det = crw.crw_mse([a, a, silent], [b, a, a], SR, return_details=True)
+    assert det["skipped"] == [(2, "silent reference")]
+    r, g = det["ref_mean_itd_s"], det["gen_mean_itd_s"]
+    assert r[1] == g[1] and math.isnan(r[2])
+    assert det["crw_mse"] == pytest.approx(((r[0] - g[0]) ** 2 + 0.0) / 2 * 1000) and det["crw_mse"] > 0
+    assert math.isnan(crw.crw_mse([silent], [silent], SR))
+
+
+# ------------------------------------------------------------------------------------------ DeSync
+def test_logmel_contract():
+    fb = mel_filterbank(513, SR, 128)
+    assert fb.shape == (513, 128) and (fb >= 0).all()
+    tone = torch.sin(2 * math.pi * 1000 * torch.arange(10240) / SR)[None]
+    spec = LogMel()(tone)
+    assert spec.shape == (1, 66, 128)
+    freq = torch.linspace(0, SR // 2, 513)
+    assert int(spec[0, 30].argmax()) == int(fb[(freq - 1000).abs().argmin()].argmax())
+    assert torch.all(spec[0, 65] == (0 - (-4.2677393)) / (2 * 4.5689974))  # zero-padded 66th frame
+
+
+def test_desync_registered_and_missing_path(tmp_path):
+    assert backend_role("synchformer_desync") == "desync"
+    with pytest.raises(PrismAudioError, match="path="):
+        build_backend("synchformer_desync")
+    with pytest.raises(PrismAudioError, match="missing.pt"):
+        SynchformerDesync(str(tmp_path / "missing.pt"))
+
+
+def test_desync_strict_keys(sync_ckpt, tmp_path):
+    _, sd = sync_ckpt
+    bad = {k: v for k, v in sd.items() if not k.startswith("transformer.off_head")}
+    bad["transformer.head.weight"] = torch.zeros(21, 32)
+    path = tmp_path / "bad.safetensors"
+    save_file(bad, str(path))
+    with pytest.raises(PrismAudioError) as err:
+        _ = SynchformerDesync(str(path), **SYNC_CFG).net
+    assert "transformer.off_head.bias" in str(err.value) and "transformer.head.weight" in str(err.value)
+
+
+def test_desync_4s_clip_round_trip(sync, sync_ckpt, tmp_path):
+    """4 s at 25 fps / 16 kHz (11 segments < 14): both windows coincide; a .pt under "model" gives
+    identical logits; uint8 [B, T, H, W, 3] frames equal their float version."""
+    g = torch.Generator().manual_seed(5)
+    frames = torch.randint(0, 256, (2, 100, 40, 48, 3), dtype=torch.uint8, generator=g)
+    audio = torch.randn(2, 2, 64000, generator=g)
+    logits = sync.logits(frames, audio, SR)
+    assert logits.shape == (2, 2, 21)
+    torch.testing.assert_close(logits[:, 0], logits[:, 1])
+    as_float = frames[1:].permute(0, 1, 4, 2, 3).float() / 255
+    torch.testing.assert_close(sync.logits(as_float, audio[1:], SR), logits[1:])
+    pt = tmp_path / "sync.pt"
+    torch.save({"model": sync_ckpt[1]}, pt)
+    assert torch.equal(SynchformerDesync(str(pt), **SYNC_CFG).logits(frames[:1], audio[:1], SR), logits[:1])
+
+    off = sync.offsets(frames, audio, SR)
+    assert off.shape == (2, 2)
+    assert torch.isclose(off[..., None], OFFSET_GRID).any(-1).all()
+    ds = sync.desync(frames, audio, SR)
+    assert ds.shape == (2,) and ((ds >= 0) & (ds <= 2)).all()
+    torch.testing.assert_close(ds, off.abs().mean(-1))
+
+
+def test_desync_long_clip_and_resampling(sync):
+    """8 s clip: 24 segments, two distinct windows; 32 kHz audio is resampled to 16 kHz."""
+    g = torch.Generator().manual_seed(6)
+    frames = torch.rand(1, 200, 3, 32, 32, generator=g)
+    audio = torch.randn(1, 256000, generator=g)[None]
+    off = sync.offsets(frames, audio, 32000)
+    assert off.shape == (1, 2) and torch.isclose(off[..., None], OFFSET_GRID).any(-1).all()
+    with pytest.raises(PrismAudioError, match="videos vs"):
+        sync.offsets(torch.rand(2, 20, 3, 32, 32), torch.randn(1, 1, 16000), SR)
