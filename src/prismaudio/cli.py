@@ -1,4 +1,4 @@
-"""`prismaudio` command line: `generate`, `synth`, `extract`, `train-judges`, `convert-official`.
+"""`prismaudio` command line: `generate`, `synth`, `extract`, `train-judges`, `evaluate`, `convert-official`.
 
 Every user error is one line on stderr and exit code 2; outputs are staged in a temporary
 directory and moved into `--out` only when everything succeeded, so a failure writes nothing.
@@ -11,8 +11,8 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from .errors import PrismAudioError
 
@@ -196,6 +196,60 @@ def cmd_train_judges(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------- evaluate
+def parse_generated(items: list[str]) -> dict[str, str]:
+    """`[NAME=]DIR` items -> {name: dir}; NAME defaults to the folder's name."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, eq, folder = item.partition("=")
+        if not eq or not name or os.sep in name or Path(item).is_dir():
+            name, folder = Path(item.rstrip("/\\")).name, item
+        if not folder:
+            raise PrismAudioError(f"--generated {item!r}: expected [NAME=]DIR")
+        if name in out:
+            raise PrismAudioError(f"--generated: system name {name!r} given twice")
+        out[name] = folder
+    return out
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import logging
+
+    from .metrics.evaluate import evaluate, load_real_config, summary_lines
+
+    if args.limit is not None and args.limit <= 0:
+        raise PrismAudioError(f"--limit must be a positive integer, got {args.limit}")
+    if args.bewo_frame_stride <= 0:
+        raise PrismAudioError(f"--bewo-frame-stride must be a positive integer, got {args.bewo_frame_stride}")
+    if args.real_config and args.judges != "real":
+        raise PrismAudioError("--real-config needs --judges real")
+    logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, format="prismaudio: %(message)s")
+    real = load_real_config(args.real_config) if args.real_config else None
+    report, results = evaluate(
+        args.manifest, parse_generated(args.generated), judges=args.judges, real_config=real,
+        split=None if args.split == "all" else args.split, limit=args.limit, spatial_mode=args.spatial_mode,
+        bewo_frame_stride=args.bewo_frame_stride, include_gt=not args.no_gt, progress=not args.quiet,
+        judges_dir=args.judges_dir,
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report.write(out.parent / (out.name + ".md"), out.parent / (out.name + ".json"))
+    print(report.to_markdown())
+    if not args.quiet:
+        for line in summary_lines(results):
+            print(f"prismaudio: note: {line}", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------------------------- train
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import load_train_config, train
+
+    cfg = load_train_config(args.config, args.set)
+    train(cfg, args.out or cfg.out_dir, resume=args.resume, log=None if args.quiet else lambda m: print(m, flush=True))
+    return 0
+
+
 # ---------------------------------------------------------------------------------- parser
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr (exit 2), like every other error."""
@@ -258,6 +312,34 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--seed", type=int, default=0)
     j.add_argument("--quiet", action="store_true")
     j.set_defaults(func=cmd_train_judges)
+
+    v = sub.add_parser("evaluate", help="evaluate generated audio against the references (paper metrics)")
+    v.add_argument("--manifest", required=True, help="JSONL or CSV manifest (reference audio, video, captions)")
+    v.add_argument("--generated", action="append", default=[], metavar="[NAME=]DIR",
+                   help="folder of <id>.wav (.flac/.mp3) files; repeatable; NAME defaults to the folder name")
+    v.add_argument("--judges", choices=["offline", "real"], default="offline",
+                   help="offline judges, or the real models of --real-config (missing roles: offline)")
+    v.add_argument("--real-config", default=None, help="JSON/YAML: {role: {backend: NAME, path: ...}}")
+    v.add_argument("--judges-dir", default=None,
+                   help="offline judges folder (default: $PRISMAUDIO_JUDGES or models/judges)")
+    v.add_argument("--split", default="test", help="manifest split to evaluate, or 'all' (default: test)")
+    v.add_argument("--limit", type=int, default=None, help="evaluate at most this many clips")
+    v.add_argument("--spatial-mode", choices=["bewo", "paper"], default="bewo", help="GCC protocol (default bewo)")
+    v.add_argument("--bewo-frame-stride", type=int, default=1,
+                   help="use every k-th GCC frame of a BEWO window (1 = exact protocol)")
+    v.add_argument("--no-gt", action="store_true", help="skip the scene-graph ground-truth measures")
+    v.add_argument("--out", required=True, help="output prefix: writes PREFIX.md and PREFIX.json")
+    v.add_argument("--quiet", action="store_true")
+    v.set_defaults(func=cmd_evaluate)
+
+    t = sub.add_parser("train", help="train a stage (vae | foundation | cot) from a YAML config, on accelerate")
+    t.add_argument("config", help="training config YAML (see configs/train/)")
+    t.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint in --out")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, dotted keys (e.g. --set optim.lr=1e-4); repeatable")
+    t.add_argument("--out", default=None, help="run directory (default: the config's out_dir)")
+    t.add_argument("--quiet", action="store_true", help="no progress lines")
+    t.set_defaults(func=cmd_train)
 
     c = sub.add_parser("convert-official", help="convert an official PrismAudio checkpoint")
     c.add_argument("--weights", required=True, help="official prismaudio.ckpt or .safetensors")

@@ -58,7 +58,7 @@ REWARD_PROVIDERS: dict[str, str] = {
     "semantic": "prismaudio.metrics.semantic",
     "temporal": "prismaudio.metrics.temporal",
     "aesthetic": "prismaudio.metrics.aesthetic",
-    "spatial": "prismaudio.metrics.spatial",
+    "spatial": "prismaudio.metrics.spatial_reward",
 }
 
 
