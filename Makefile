@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo test test-slow bench judges clean
 
 # The venv is (re)built whenever pyproject.toml changes. torch is pinned first so pip takes the
 # local CPU wheel (2.13.0) instead of resolving a CUDA build.
@@ -29,6 +29,12 @@ test-slow: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_inference.py
 	$(BIN)/python benchmarks/bench_synth.py
+	$(BIN)/python benchmarks/bench_metrics.py --corpus data/judge_corpus
+
+# Reproduces the shipped offline judges (models/judges/): corpus ~2 min, training ~15-25 min on 2 cores.
+judges: setup
+	$(BIN)/prismaudio synth --out data/judge_corpus --n 2400 --seed 0 --workers 2 --quiet
+	$(BIN)/prismaudio train-judges --corpus data/judge_corpus --out models/judges
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -45,6 +45,7 @@ from .judges import (
     _Judge,
     frames_to_tensor,
     load_judge,
+    to_mono16k,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -86,6 +87,7 @@ def load_cached(kind: str, path: str | os.PathLike | None = None) -> _Judge:
 
 def clear_cache() -> None:
     _CACHE.clear()
+    _MEMO.clear()
 
 
 def silent_mask(audio: Any, peak: float = SILENCE_PEAK) -> Tensor:
@@ -110,6 +112,30 @@ def _batch_audio(audio: Any) -> Tensor:
     return x
 
 
+# ------------------------------------------------------------- one semantic-judge pass per clip
+_MEMO: list[tuple[tuple, Tensor, tuple[Tensor, Tensor]]] = []
+_MEMO_SIZE = 8
+
+
+def semantic_outputs(judge: SemanticJudge, audio: Any, sr: int) -> tuple[Tensor, Tensor]:
+    """(joint embedding [B, D], class logits [B, C]) of the semantic judge for `audio`.
+
+    The CLAP, embedder and classifier roles all share one judge, and `evaluate` asks all three about
+    the same clip: the last few results are memoised, keyed on the audio tensor's storage, view and
+    version counter (the entry holds a reference to the tensor, so its memory cannot be reused by
+    another clip while the entry lives, and an in-place edit bumps the version)."""
+    x = _batch_audio(audio)
+    key = (id(judge), x.untyped_storage().data_ptr(), x.storage_offset(), tuple(x.shape), x.stride(),
+           x._version, x.dtype, int(sr))
+    for k, _, out in _MEMO:
+        if k == key:
+            return out
+    out = judge.embed_mono(to_mono16k(x, sr))
+    _MEMO.insert(0, (key, x, out))
+    del _MEMO[_MEMO_SIZE:]
+    return out
+
+
 # -------------------------------------------------------------------------------------- clap
 @register_backend("judge_clap", "clap")
 class JudgeClap:
@@ -122,7 +148,7 @@ class JudgeClap:
 
     @torch.no_grad()
     def embed_audio(self, audio: Any, sr: int) -> Tensor:
-        return self.judge.embed_audio(_batch_audio(audio), sr)
+        return semantic_outputs(self.judge, audio, sr)[0]
 
     @torch.no_grad()
     def embed_text(self, texts: list[str]) -> Tensor:
@@ -130,7 +156,10 @@ class JudgeClap:
 
     @torch.no_grad()
     def score(self, audio: Any, sr: int, texts: list[str]) -> Tensor:
-        return self.judge.score(_batch_audio(audio), sr, list(texts))
+        a, t = self.embed_audio(audio, sr), self.embed_text(list(texts))
+        if t.shape[0] != a.shape[0]:
+            raise PrismAudioError(f"score: {a.shape[0]} clips but {t.shape[0]} texts")
+        return (a * t).sum(-1)
 
 
 # ------------------------------------------------------------------------------------ desync
@@ -163,13 +192,14 @@ class JudgeSync:
         if v.shape[1] == 0:
             raise PrismAudioError("judge_sync: the video has no frames")
         dur = min(v.shape[1] / FPS, a.shape[-1] / sr)
-        outs = []
+        done: dict[tuple[float, float], Tensor] = {}  # a clip <= window_s has one window, used twice
         for t0, t1 in window_bounds(dur, self.window_s):
-            f0 = round(t0 * FPS)
-            f1 = max(f0 + 1, round(t1 * FPS))
-            s0, s1 = round(t0 * sr), round(t1 * sr)
-            outs.append(self.judge.logits(v[:, f0:f1], a[..., s0:s1], sr))
-        return torch.stack(outs, 1)
+            if (t0, t1) not in done:
+                f0 = round(t0 * FPS)
+                f1 = max(f0 + 1, round(t1 * FPS))
+                s0, s1 = round(t0 * sr), round(t1 * sr)
+                done[(t0, t1)] = self.judge.logits(v[:, f0:f1], a[..., s0:s1], sr)
+        return torch.stack([done[w] for w in window_bounds(dur, self.window_s)], 1)
 
     def offsets(self, frames: Any, audio: Any, sr: int) -> Tensor:
         """[B, 2] signed offsets (s, > 0: audio late) = grid value of the argmax per window."""
@@ -218,7 +248,7 @@ class JudgeEmbedder:
 
     @torch.no_grad()
     def embed(self, audio: Any, sr: int) -> Tensor:
-        return self.judge.embed_audio(_batch_audio(audio), sr)
+        return semantic_outputs(self.judge, audio, sr)[0]
 
     __call__ = embed
 
@@ -241,9 +271,7 @@ class JudgeClassifier:
 
     @torch.no_grad()
     def logits(self, audio: Any, sr: int) -> Tensor:
-        from .judges import to_mono16k
-
-        return self.judge.embed_mono(to_mono16k(_batch_audio(audio), sr))[1]
+        return semantic_outputs(self.judge, audio, sr)[1]
 
     def posteriors(self, audio: Any, sr: int) -> Tensor:
         return torch.sigmoid(self.logits(audio, sr))

@@ -64,14 +64,15 @@ class JudgeData:
     rows: list[dict]
     mono: Tensor  # [N, S] float32, 16 kHz
     frames: Tensor  # [N, T, 3, size, size] uint8
+    stereo: Tensor | None = None  # [N, 2, S] float32 (kept for the quality judge's degradation augmentation)
 
     @classmethod
     def from_clips(cls, clips: list, size: int = 16) -> JudgeData:
         """From `make_clip` outputs (row, frames [T, H, W, 3] uint8, audio [2, S], stems), in memory."""
         rows = [c[0] for c in clips]
-        mono = torch.stack([torch.from_numpy(np.asarray(c[2], np.float32)).mean(0) for c in clips])
+        stereo = torch.stack([torch.from_numpy(np.asarray(c[2], np.float32)) for c in clips])
         frames = torch.cat([_to_u8(frames_to_tensor(c[1], size)) for c in clips])
-        return cls(rows, mono, frames)
+        return cls(rows, stereo.mean(1), frames, stereo)
 
     @classmethod
     def from_manifest(cls, manifest, split: str, size: int = 16, limit: int | None = None) -> JudgeData:
@@ -87,14 +88,15 @@ class JudgeData:
         rows = [r for r in rows if r["split"] == split][:limit]
         if not rows:
             raise PrismAudioError(f"{path}: no '{split}' clips")
-        mono, frames = [], []
+        stereo, frames = [], []
         for r in rows:
             dur = float(r.get("duration", 4.0))
             audio, _ = load_audio(path.parent / r["audio"], 16000, channels=2)
             n = round(dur * 16000)
-            mono.append(F.pad(audio.mean(0), (0, max(0, n - audio.shape[-1])))[:n])
+            stereo.append(F.pad(audio, (0, max(0, n - audio.shape[-1])))[:, :n])
             frames.append(_to_u8(read_frames(path.parent / r["video"], 25, size, duration=dur)[None]))
-        return cls(rows, torch.stack(mono), torch.cat(frames))
+        stereo_t = torch.stack(stereo)
+        return cls(rows, stereo_t.mean(1), torch.cat(frames), stereo_t)
 
     def classes(self, i: int) -> list[str]:
         return sorted({s["class"] for s in self.rows[i]["scene"]["sources"]})
@@ -178,22 +180,47 @@ def fit_sync(judge: SyncJudge, data: JudgeData, steps: int, batch: int = 32, lr:
     return losses
 
 
-def quality_targets(data: JudgeData, idx) -> Tensor:
+def quality_targets(data: JudgeData, idx, degradations: list | None = None) -> Tensor:
+    """(PQ, PC) targets; `degradations[j]` (when given) replaces the scene's degradation of sample j."""
     rows = [data.rows[int(i)] for i in idx]
-    return torch.tensor([[pq_target(r["scene"]["degradation"]), pc_target(len(r["scene"]["sources"]))]
-                         for r in rows], dtype=torch.float32)
+    degs = degradations or [r["scene"]["degradation"] for r in rows]
+    return torch.tensor([[pq_target(d), pc_target(len(r["scene"]["sources"]))] for r, d in zip(rows, degs)],
+                        dtype=torch.float32)
+
+
+def degrade_batch(data: JudgeData, idx: Tensor, rng: np.random.Generator, p: float) -> tuple[Tensor, list]:
+    """Mono batch where each CLEAN clip is, with probability `p`, degraded afresh by the corpus's own
+    `degrade` (random kind, severity ~ U(0.15, 1), on the stereo mix as the renderer does). Why: the
+    corpus degrades only ~25% of its clips, too few for the judge to calibrate three kinds of damage
+    against one another; re-drawing the same generative process gives unlimited labelled examples."""
+    from ..data.synth.sounds import degrade
+
+    mono, degs = [], []
+    for i in idx.tolist():
+        deg = data.rows[i]["scene"]["degradation"]
+        if data.stereo is not None and deg is None and rng.random() < p:
+            deg = {"kind": str(rng.choice(["noise", "clipping", "bandlimit"])),
+                   "severity": float(rng.uniform(0.15, 1.0))}
+            x = np.clip(degrade(data.stereo[i].numpy().astype(np.float64), deg, rng), -1, 1)
+            mono.append(torch.from_numpy(x.astype(np.float32)).mean(0))
+        else:
+            mono.append(data.mono[i])
+        degs.append(deg)
+    return torch.stack(mono), degs
 
 
 def fit_quality(judge: QualityJudge, data: JudgeData, steps: int, batch: int = 48, lr: float = 2e-3,
-                seed: int = 0, log: Callable | None = None) -> list[float]:
+                seed: int = 0, log: Callable | None = None, augment: float = 0.6) -> list[float]:
     g = torch.Generator().manual_seed(seed + 2)
+    rng = np.random.default_rng(seed + 2)
     opt, sched = _optim(judge, steps, lr)
     judge.train()
     losses = []
     for step in range(steps):
         idx = torch.randint(len(data.rows), (min(batch, len(data.rows)),), generator=g)
-        pred = judge.predict_mono(data.mono[idx] * _gain(g, len(idx)))
-        loss = F.mse_loss((pred - 1) / 9, (quality_targets(data, idx) - 1) / 9)
+        mono, degs = degrade_batch(data, idx, rng, augment)
+        pred = judge.predict_mono(mono * _gain(g, len(idx)))
+        loss = F.mse_loss((pred - 1) / 9, (quality_targets(data, idx, degs) - 1) / 9)
         opt.zero_grad()
         loss.backward()
         opt.step()

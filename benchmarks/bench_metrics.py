@@ -1,0 +1,143 @@
+"""Throughput of the metric suite and of the four rewards (issue 4 targets), on this machine.
+
+1. `prismaudio evaluate` over N clips of 4 s (default 1,000) of a procedural corpus, one generated
+   system (the reference audio delayed by 60 ms, every other clip with its channels swapped, so no
+   metric is trivially zero) plus the GT row, every column the offline judges produce, GCC in
+   `paper` mode; the exact BEWO GCC track is timed separately on a subset (it is the expensive one:
+   513 frames x 3 FFTs per estimate) and extrapolated.
+2. The four rewards (semantic, temporal, aesthetic, spatial) on a group of 16 clips vs the time the
+   `mini` DiT takes to sample those 16 clips with 24 steps and CFG (random weights: same FLOPs).
+
+    python benchmarks/bench_metrics.py --corpus /tmp/judge_corpus [--n 1000] [--judges models/judges]
+
+The corpus is made with `prismaudio synth --out DIR --n 1000` if it does not exist.
+Writes runs/bench_metrics.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_generated(corpus: Path, rows: list[dict], out: Path) -> None:
+    from prismaudio.io.audio import load_audio, save_wav
+
+    out.mkdir(parents=True, exist_ok=True)
+    for i, r in enumerate(rows):
+        dst = out / f"{r['id']}.wav"
+        if dst.exists():
+            continue
+        audio, sr = load_audio(corpus / r["audio"], sample_rate=None, channels=2)
+        d = int(0.06 * sr)
+        audio = torch.nn.functional.pad(audio, (d, 0))[:, : audio.shape[-1]]
+        if i % 2:
+            audio = audio.flip(0)
+        save_wav(dst, audio, sr)
+
+
+def bench_evaluate(corpus: Path, n: int, judges: Path) -> dict:
+    from prismaudio.io.audio import load_audio
+    from prismaudio.metrics.evaluate import evaluate
+    from prismaudio.metrics.spatial import itd_track_bewo
+
+    rows = [json.loads(line) for line in (corpus / "manifest.jsonl").read_text().splitlines() if line.strip()][:n]
+    manifest = ROOT / "runs" / "bench_metrics_manifest.jsonl"
+    manifest.parent.mkdir(exist_ok=True)
+    manifest.write_text("".join(json.dumps({**r, "video": str(corpus / r["video"]), "audio": str(corpus / r["audio"])})
+                                + "\n" for r in rows))
+    gen = ROOT / "runs" / "bench_metrics_generated"
+    make_generated(corpus, rows, gen)
+    t = time.perf_counter()
+    report, _ = evaluate(manifest, {"delayed": gen}, split="all", spatial_mode="paper", progress=False,
+                         judges_dir=judges)
+    t_eval = time.perf_counter() - t
+    sub = rows[: min(10, len(rows))]
+    t = time.perf_counter()
+    for r in sub:
+        a, sr = load_audio(corpus / r["audio"], sample_rate=None, channels=2)
+        itd_track_bewo(a, sr)
+    per_track = (time.perf_counter() - t) / len(sub)
+    return {"n_clips": len(rows), "evaluate_paper_mode_s": round(t_eval, 1),
+            "evaluate_per_clip_s": round(t_eval / len(rows), 4),
+            "bewo_exact_track_s": round(per_track, 3),
+            "bewo_exact_extra_for_n_clips_s": round(per_track * 2 * len(rows), 1),
+            "markdown": report.to_markdown()}
+
+
+def bench_rewards(corpus: Path, judges: Path) -> dict:
+    from prismaudio.config import preset
+    from prismaudio.io.audio import load_audio
+    from prismaudio.io.video import read_frames
+    from prismaudio.pipeline import PrismAudioPipeline
+    from prismaudio.rewards import RewardContext, compute_rewards
+    from prismaudio.sampling import guided_velocity, inference_timesteps, sample_ode
+
+    os.environ["PRISMAUDIO_JUDGES"] = str(judges)
+    rows = [json.loads(line) for line in (corpus / "manifest.jsonl").read_text().splitlines() if line.strip()][:16]
+    audio = torch.stack([load_audio(corpus / r["audio"], 16000, channels=2)[0][:, :64000] for r in rows])
+    frames = [read_frames(corpus / r["video"], 25, 16, duration=4.0) for r in rows]
+    ctx = RewardContext(texts=[r["caption"] for r in rows], video_frames=frames, reference_audio=audio.flip(1))
+    weights = {"semantic": 1.0, "temporal": 0.6, "aesthetic": 0.1, "spatial": 0.4}
+    compute_rewards(None, weights, audio, 16000, ctx)  # load the judges once (not timed, as in GRPO)
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        res = compute_rewards(None, weights, audio, 16000, ctx)
+        times.append(time.perf_counter() - t)
+    per_reward = {}
+    for name in weights:
+        t = time.perf_counter()
+        compute_rewards([name], {name: 1.0}, audio, 16000, ctx)
+        per_reward[name] = round(time.perf_counter() - t, 3)
+
+    cfg = preset("mini")
+    pipe = PrismAudioPipeline.from_config(cfg).eval()
+    with torch.no_grad():
+        feats = pipe.extract_features(corpus / rows[0]["video"], cot=rows[0]["caption"], duration=4.0)
+        cond16 = pipe.condition(feats).repeat_interleave(16)
+        noise = torch.randn(16, cfg.dit.io_channels, cfg.latent_length(4.0), generator=torch.Generator().manual_seed(0))
+        t = time.perf_counter()
+        sample_ode(guided_velocity(pipe.dit, cond16, cfg.sampling.cfg_scale), noise, inference_timesteps(24))
+        t_dit = time.perf_counter() - t
+    return {"rewards_16_s_best": round(min(times), 3), "rewards_16_s_median": round(float(np.median(times)), 3),
+            "per_reward_s": per_reward, "mini_dit_sample_16x24_s": round(t_dit, 2),
+            "ratio": round(min(times) / t_dit, 4), "valid": int(res.valid.sum())}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--corpus", default="/tmp/bench_corpus")
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--judges", default=str(ROOT / "models" / "judges"))
+    ap.add_argument("--skip-evaluate", action="store_true")
+    args = ap.parse_args()
+    corpus = Path(args.corpus)
+    if not (corpus / "manifest.jsonl").exists():
+        subprocess.run([sys.executable, "-m", "prismaudio.cli", "synth", "--out", str(corpus), "--n", str(args.n),
+                        "--workers", "2", "--quiet"], check=True)
+    out = {"threads": torch.get_num_threads()}
+    out["rewards"] = bench_rewards(corpus, Path(args.judges))
+    print(json.dumps(out["rewards"], indent=2), flush=True)
+    if not args.skip_evaluate:
+        out["evaluate"] = bench_evaluate(corpus, args.n, Path(args.judges))
+        print(out["evaluate"].pop("markdown"))
+        print(json.dumps(out["evaluate"], indent=2))
+    dst = ROOT / "runs" / "bench_metrics.json"
+    dst.parent.mkdir(exist_ok=True)
+    dst.write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
