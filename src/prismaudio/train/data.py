@@ -1,0 +1,246 @@
+"""In-memory training data, built once from a corpus manifest.
+
+Decoding video on a CPU costs far more than a training step of the mini model, so every clip is
+decoded exactly once: frames at each light encoder's (fps, size) kept as uint8, the frozen VAE's
+latent (one fixed posterior sample per clip, seeded by clip id like `data/extract.py`) and the
+frozen text encoder's features (computed once per unique text). The result can be persisted to
+`data.cache_dir` as one safetensors file keyed by everything it depends on, so a resumed or
+repeated run skips decoding. Broken manifest rows and undecodable clips are skipped and reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ..data.datasets import ClipDataset, fit_length
+from ..data.extract import _clip_seed
+from ..data.manifest import COT_KEYS, ManifestRow, read_manifest
+from ..errors import PrismAudioError
+from ..io.files import atomic_path
+from .config import DataConfig
+
+Log = Callable[[str], None]
+CACHE_FORMAT = "prismaudio-train-data-1"
+
+
+# ------------------------------------------------------------------------------ rows + text
+def load_rows(cfg: DataConfig, log: Log) -> list[ManifestRow]:
+    """Manifest rows of the configured split (bad rows reported, then skipped)."""
+    path = Path(cfg.manifest)
+    if path.is_dir():
+        path = path / "manifest.jsonl"
+    rows, problems = read_manifest(path)
+    for p in problems:
+        log(f"skipping bad manifest row: {p}")
+    if cfg.split is not None:
+        rows = [r for r in rows if r.split == cfg.split]
+    if cfg.limit is not None:
+        rows = rows[: cfg.limit]
+    if not rows:
+        raise PrismAudioError(f"no usable clips of split {cfg.split!r} in {path}")
+    return rows
+
+
+def _cot_parts(row: ManifestRow) -> dict[str, str]:
+    if not row.cot or not any((row.cot.get(k) or "").strip() for k in COT_KEYS):
+        raise PrismAudioError(f"clip {row.id!r} has no CoT")
+    return {k: row.cot.get(k) or "" for k in COT_KEYS}
+
+
+def render_text(row: ManifestRow, stage: str, variant: str, seed: int) -> str:
+    """The text condition of one clip: the caption (foundation) or the CoT variant (stage cot).
+
+    "multi": the four labelled parts in the paper's order (semantic, temporal, aesthetic,
+    spatial); "monolithic": the row's `cot_monolithic`; "random": the sentences of all four parts
+    shuffled across parts, deterministic per (seed, clip); "none": the empty text.
+    """
+    if stage != "cot":
+        return row.caption.strip()
+    if variant == "none":
+        return ""
+    if variant == "monolithic":
+        if row.cot_monolithic and row.cot_monolithic.strip():
+            return row.cot_monolithic.strip()
+        raise PrismAudioError(f"clip {row.id!r} has no cot_monolithic")
+    from ..cot.core import CoT
+
+    cot = CoT(**_cot_parts(row))
+    return cot.render(variant, seed=_clip_seed(seed, row.id)) if variant == "random" else cot.render(variant)
+
+
+# ------------------------------------------------------------------------------ datasets
+class AudioClips(Dataset):
+    """Stage 0 items: {"audio": [A, S] float32} (the stage crops randomly from it)."""
+
+    def __init__(self, audio: Tensor, ids: Sequence[str]) -> None:
+        self.audio = audio
+        self.ids = list(ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return {"audio": self.audio[i]}
+
+
+@dataclass
+class FlowClips(Dataset):
+    """Stage 1-2 items: uint8 frames for both encoders, the latent and the text features."""
+
+    video: Tensor  # uint8 [M, Tv, 3, s, s]
+    sync: Tensor  # uint8 [M, Ts, 3, s, s]
+    latent: Tensor  # float32 [M, C, N]
+    text_index: Tensor  # long [M] -> texts
+    texts: list[Tensor]  # unique texts' features [Li, Dt]
+    text_strings: list[str]
+    ids: list[str]
+    duration: float
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return {"video": self.video[i], "sync": self.sync[i], "latent": self.latent[i],
+                "text": self.texts[int(self.text_index[i])]}
+
+
+def collate_flow(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Stack a batch; text features are zero-padded to the longest (MiniLM pads with zeros too)."""
+    texts = [it["text"] for it in items]
+    padded = texts[0].new_zeros(len(texts), max(t.shape[0] for t in texts), texts[0].shape[-1])
+    for i, t in enumerate(texts):
+        padded[i, : t.shape[0]] = t
+    out = {k: torch.stack([it[k] for it in items]) for k in ("video", "sync", "latent")}
+    out["text"] = padded
+    return out
+
+
+# ------------------------------------------------------------------------------ building
+def _to_uint8(frames: Tensor) -> Tensor:
+    return (frames.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def _weights_hash(*modules: torch.nn.Module) -> str:
+    h = hashlib.sha1()
+    for m in modules:
+        for k, v in m.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _cache_key(rows: Sequence[ManifestRow], parts: dict[str, Any]) -> str:
+    h = hashlib.sha1(json.dumps(parts, sort_keys=True).encode())
+    for r in rows:
+        for p in (r.video, r.audio):
+            if p is not None and Path(p).exists():
+                st = Path(p).stat()
+                h.update(f"{r.id}:{p}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:20]
+
+
+def build_audio_clips(rows: Sequence[ManifestRow], sample_rate: int, duration: float, log: Log) -> AudioClips:
+    """Decode each clip's reference audio once (no frames)."""
+    ds = ClipDataset(rows, sample_rate, duration, video_specs=[])
+    audio, ids = [], []
+    for i, row in enumerate(rows):
+        try:
+            audio.append(ds[i]["audio"])
+            ids.append(row.id)
+        except PrismAudioError as e:
+            log(f"skipping clip: {e}")
+    if not audio:
+        raise PrismAudioError("every clip failed to decode; nothing to train on")
+    return AudioClips(torch.stack(audio), ids)
+
+
+@torch.no_grad()
+def build_flow_clips(pipe: Any, rows: Sequence[ManifestRow], cfg: DataConfig, stage: str, variant: str,
+                     log: Log) -> FlowClips:
+    """Decode, encode (frozen VAE, frozen text encoder) and keep everything in memory."""
+    c = pipe.config
+    duration = float(cfg.duration if cfg.duration is not None else c.duration)
+    specs = [pipe.video_encoder.frame_spec(), pipe.sync_encoder.frame_spec()]
+    key_parts = {"format": CACHE_FORMAT, "stage": stage, "variant": variant if stage == "cot" else "caption",
+                 "duration": duration, "specs": specs, "sr": c.sample_rate, "data_seed": cfg.seed,
+                 "vae": _weights_hash(pipe.vae), "text": type(pipe.text_encoder).__name__,
+                 "ids": [r.id for r in rows]}
+    cache = Path(cfg.cache_dir) / f"flow-{_cache_key(rows, key_parts)}.safetensors" if cfg.cache_dir else None
+    if cache is not None and cache.is_file():
+        loaded = _read_cache(cache)
+        if loaded is not None:
+            log(f"loaded {len(loaded)} clips from the data cache {cache}")
+            return loaded
+    n_lat = c.latent_length(duration)
+    ratio = pipe.vae.downsampling_ratio
+    ds = ClipDataset(rows, c.sample_rate, duration, specs, channels=c.vae.audio_channels)
+    video, sync, latent, ids, strings = [], [], [], [], []
+    for i, row in enumerate(rows):
+        try:
+            text = render_text(row, stage, variant, cfg.seed)
+            item = ds[i]
+        except PrismAudioError as e:
+            log(f"skipping clip {row.id!r}: {e}" if row.id not in str(e) else f"skipping clip: {e}")
+            continue
+        audio = fit_length(item["audio"], n_lat * ratio).unsqueeze(0)
+        mean, std = pipe.vae.encode_moments(audio)
+        gen = torch.Generator().manual_seed(_clip_seed(cfg.seed, row.id))
+        z = mean[0] + std[0] * torch.randn(mean[0].shape, generator=gen)
+        scale = c.vae.latent_scale
+        latent.append((z / scale if scale != 1.0 else z).contiguous())
+        video.append(_to_uint8(item["frames"][0]))
+        sync.append(_to_uint8(item["frames"][1]))
+        ids.append(row.id)
+        strings.append(text)
+    if not ids:
+        raise PrismAudioError("every clip failed to decode; nothing to train on")
+    unique = sorted(set(strings))
+    feats = []
+    for start in range(0, len(unique), 32):
+        hidden, lengths = pipe.text_encoder.encode_text(unique[start : start + 32])
+        feats += [h[: int(n)].float().clone() for h, n in zip(hidden, lengths)]
+    index = torch.tensor([unique.index(s) for s in strings], dtype=torch.long)
+    clips = FlowClips(torch.stack(video), torch.stack(sync), torch.stack(latent), index, feats, unique, ids, duration)
+    if cache is not None:
+        _write_cache(cache, clips, log)
+    return clips
+
+
+def _write_cache(path: Path, clips: FlowClips, log: Log) -> None:
+    tensors = {"video": clips.video, "sync": clips.sync, "latent": clips.latent, "text_index": clips.text_index}
+    tensors.update({f"text.{i}": t.contiguous() for i, t in enumerate(clips.texts)})
+    meta = {"format": CACHE_FORMAT, "ids": json.dumps(clips.ids), "texts": json.dumps(clips.text_strings),
+            "duration": repr(clips.duration)}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            save_file(tensors, tmp, metadata=meta)
+    except (OSError, PrismAudioError) as e:  # a cache is an optimisation: warn, never fail the run
+        log(f"warning: could not write the data cache {path}: {e}")
+
+
+def _read_cache(path: Path) -> FlowClips | None:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            t = {k: f.get_tensor(k).clone() for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+        if meta.get("format") != CACHE_FORMAT:
+            return None
+        strings = json.loads(meta["texts"])
+        texts = [t[f"text.{i}"] for i in range(len(strings))]
+        return FlowClips(t["video"], t["sync"], t["latent"], t["text_index"], texts, strings,
+                         json.loads(meta["ids"]), float(meta["duration"]))
+    except (SafetensorError, OSError, KeyError, ValueError, RuntimeError):
+        return None  # unreadable cache: rebuild it
+
