@@ -14,6 +14,7 @@ import soundfile as sf
 import torch
 
 from prismaudio.cli import main
+from prismaudio.cot import CoT
 from prismaudio.pipeline import PrismAudioPipeline
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "example.mp4"
@@ -51,7 +52,8 @@ def test_generate_writes_wav_mp4_png_and_is_deterministic(model_dir: Path, tmp_p
     assert main(args + ["--out", str(tmp_path / "a"), "--cot", "a ball bounces"]) == 0
     assert main(args + ["--out", str(tmp_path / "b"), "--cot", "a ball bounces"]) == 0
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
-    assert names == ["example.cot.txt", "example.mp4", "example.png", "example.wav"]
+    assert names == ["example.cot.json", "example.cot.txt", "example.mp4", "example.png", "example.wav"]
+    assert json.loads((tmp_path / "a" / "example.cot.json").read_text())["semantic"].lower().startswith("a ball bounces")
     assert (tmp_path / "a" / "example.wav").read_bytes() == (tmp_path / "b" / "example.wav").read_bytes()
     wav, sr = sf.read(tmp_path / "a" / "example.wav")
     assert sr == 16000 and wav.shape == (24000, 2)
@@ -67,7 +69,8 @@ def test_cot_from_file(model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert main(["generate", str(EXAMPLE), "--model", str(model_dir), "--steps", "1", "--duration", "1",
                  "--cot", f"@{cot}", "--out", str(out), "--quiet"]) == 0
-    assert (out / "example.cot.txt").read_text(encoding="utf-8").strip() == cot.read_text(encoding="utf-8")
+    written = CoT.parse((out / "example.cot.txt").read_text(encoding="utf-8"), allow_missing=True)
+    assert written == CoT("a red ball hits a wooden floor.", "impacts at 1.0 s.", "", "")
 
 
 @pytest.mark.parametrize("case,extra,msg", [
@@ -94,6 +97,8 @@ def test_bad_input_is_one_line_exit_2_nothing_written(
     extra = [e.replace("LATIN1", str(bad_videos["latin1"])) for e in extra]
     if "--model" not in extra:
         extra += ["--model", str(model_dir)]
+    if "--cot" not in extra:
+        extra += ["--planner", "none"]
     out = tmp_path / "out"
     with pytest.raises(SystemExit) if "abc" in extra else _nullcontext() as exc:
         code = main(["generate", str(video), "--out", str(out), "--quiet", *extra])

@@ -226,7 +226,7 @@ def test_cot_stage_run_exports_a_generate_ready_model(corpus: Path, tmp_path: Pa
     assert all(torch.equal(exported[k], ema[k]) for k in exported if k in ema)
     # `prismaudio generate --model DIR` uses it
     video = min((corpus / "video").glob("*.mp4"))
-    assert cli_main(["generate", str(video), "--model", str(out / "final"), "--steps", "2", "--duration", "1",
+    assert cli_main(["generate", str(video), "--model", str(out / "final"), "--steps", "2", "--duration", "1", "--planner", "none",
                      "--out", str(tmp_path / "gen"), "--quiet"]) == 0
     assert (tmp_path / "gen" / f"{video.stem}.wav").is_file()
     # a second run into the same directory must not silently overwrite it ...

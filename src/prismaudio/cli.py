@@ -13,6 +13,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from .errors import PrismAudioError
 
@@ -73,6 +74,64 @@ def publish(staging: Path, out: Path) -> list[Path]:
     return moved
 
 
+# ------------------------------------------------------------------------------------- CoT
+def planner_options(items: Sequence[str] | None) -> dict[str, Any]:
+    """`--planner-opt key=value` pairs; values are read as YAML scalars (8 -> int, 1.5 -> float)."""
+    import yaml
+
+    opts: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise PrismAudioError(f"--planner-opt expects KEY=VALUE, got {item!r}")
+        try:
+            opts[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            opts[key.strip()] = value
+    return opts
+
+
+def resolve_cot(args: argparse.Namespace, video: Path) -> Any:
+    """The CoT to condition on: `--cot` (four labelled parts / Markdown / JSON; anything else is
+    treated as monolithic reasoning and split by the rule-based decoupler), else the planner's plan
+    of the video, else None (`--planner none`)."""
+    from .cot import CoT, CoTParseError, build_planner, rule_based_decouple
+
+    if args.cot is not None:
+        text = read_text_arg(args.cot)
+        if not text.strip():
+            raise PrismAudioError("--cot is empty")
+        try:
+            return CoT.parse(text)
+        except CoTParseError as e:
+            if any(v.strip() for v in (e.partial or {}).values()):  # labelled, some parts missing
+                print(f"prismaudio: note: the CoT has no {', '.join(e.missing)} part; left empty", file=sys.stderr)
+                return CoT.parse(text, allow_missing=True)
+            return rule_based_decouple(text)
+    if args.planner == "none":
+        return None
+    return build_planner(args.planner, **planner_options(args.planner_opt)).plan(video, caption=args.caption)
+
+
+def cmd_cot(args: argparse.Namespace) -> int:
+    from .io.video import probe_video
+
+    video = Path(args.video)
+    probe_video(video)
+    cot = resolve_cot(args, video)
+    if cot is None:
+        raise PrismAudioError("--planner none plans nothing; choose offline, openai or local")
+    text = cot.to_json() if args.format == "json" else cot.render("multi")
+    if args.out:
+        from .io.files import atomic_path
+
+        with atomic_path(args.out) as tmp:
+            Path(tmp).write_text(text + "\n", encoding="utf-8")
+    else:
+        print(text)
+    return 0
+
+
 # ------------------------------------------------------------------------------------ generate
 def cmd_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
@@ -87,8 +146,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.duration is not None and not args.duration > 0:
         raise PrismAudioError(f"--duration must be > 0 s, got {args.duration:g}")
     probe_video(video)  # fail fast on a bad video before loading the model
-    cot = read_text_arg(args.cot)
     pipe = load_pipeline(args.model)
+    plan = resolve_cot(args, video)
+    cot = plan.render(args.cot_style) if plan is not None else ""
     bars: list[tqdm] = []
 
     def progress(i: int, total: int) -> None:
@@ -107,8 +167,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         save_wav(staging / f"{name}.wav", result.audio, result.sample_rate)
         mux_audio(video, result.audio, result.sample_rate, staging / f"{name}.mp4")
         save_spectrogram_png(staging / f"{name}.png", result.audio, result.sample_rate, title=name)
-        if result.cot:
-            (staging / f"{name}.cot.txt").write_text(result.cot + "\n", encoding="utf-8")
+        if plan is not None:  # the plan the audio was conditioned on, readable and editable (--cot @FILE)
+            (staging / f"{name}.cot.txt").write_text(plan.render("multi") + "\n", encoding="utf-8")
+            (staging / f"{name}.cot.json").write_text(plan.to_json() + "\n", encoding="utf-8")
         written = publish(staging, Path(args.out))
     if not args.quiet:
         for p in written:
@@ -251,6 +312,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------- parser
+def add_planner_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--planner", default="offline",
+                   help="CoT planner: offline (analyses the video itself; default), openai (any OpenAI-compatible "
+                        "endpoint), local (a transformers VLM from a local dir), or none")
+    p.add_argument("--planner-opt", action="append", metavar="KEY=VALUE",
+                   help="planner parameter, repeatable (openai: base_url=, model=, api_key=, timeout=; local: path=)")
+    p.add_argument("--caption", default=None, help="a caption for the planner (overrides its object classes)")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr (exit 2), like every other error."""
 
@@ -264,7 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="generate stereo sound for a video")
     g.add_argument("video", help="input video file")
-    g.add_argument("--cot", default=None, help="chain-of-thought plan: TEXT or @FILE")
+    g.add_argument("--cot", default=None,
+                   help="chain-of-thought plan: TEXT or @FILE (four labelled parts, Markdown or JSON; other text "
+                        "is split into the four parts by the rule-based decoupler). Default: the planner's plan")
+    add_planner_args(g)
+    g.add_argument("--cot-style", default="multi", choices=["multi", "monolithic", "random", "none"],
+                   help="how the CoT is rendered for the text encoder (default multi, the paper's)")
     g.add_argument("--out", default="outputs", help="output directory (default: outputs)")
     g.add_argument("--name", default=None, help="output base name (default: the video's stem)")
     g.add_argument("--steps", type=int, default=24, help="sampling steps (default 24)")
@@ -274,6 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default=None, help="model directory, or preset:NAME for random weights")
     g.add_argument("--quiet", action="store_true", help="no progress bar, no file list")
     g.set_defaults(func=cmd_generate)
+
+    k = sub.add_parser("cot", help="plan the four-part chain-of-thought for a video")
+    k.add_argument("video", help="input video file")
+    k.add_argument("--cot", default=None, help=argparse.SUPPRESS)
+    add_planner_args(k)
+    k.add_argument("--format", default="text", choices=["text", "json"], help="output format (default text)")
+    k.add_argument("--out", default=None, help="write to this file (atomically) instead of stdout")
+    k.set_defaults(func=cmd_cot)
 
     s = sub.add_parser("synth", help="generate the procedural audio-visual corpus (AudioCanvas-style)")
     s.add_argument("--out", required=True, help="output directory (manifest.jsonl, video/, audio/)")
