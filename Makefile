@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test test-slow bench judges clean
+.PHONY: setup demo test test-slow bench judges visual-classifier clean
 
 # The venv is (re)built whenever pyproject.toml changes. torch is pinned first so pip takes the
 # local CPU wheel (2.13.0) instead of resolving a CUDA build.
@@ -35,6 +35,12 @@ bench: setup
 judges: setup
 	$(BIN)/prismaudio synth --out data/judge_corpus --n 2400 --seed 0 --workers 2 --quiet
 	$(BIN)/prismaudio train-judges --corpus data/judge_corpus --out models/judges
+
+# Reproduces the offline CoT planner's visual classifier (models/visual_classifier/): ~12 min on 2 cores.
+visual-classifier: setup
+	$(BIN)/prismaudio synth --out data/judge_corpus --n 2400 --seed 0 --workers 2 --quiet
+	$(BIN)/python -m prismaudio.cot.train_visual --corpus data/judge_corpus --out models/visual_classifier --train-clips 1000
+	$(BIN)/python benchmarks/bench_cot_offline.py --corpus data/judge_corpus --metrics models/visual_classifier/metrics.json
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

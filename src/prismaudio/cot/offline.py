@@ -1,0 +1,551 @@
+"""Offline CoT planner: reads a silent video itself and writes the four-part chain-of-thought.
+
+No language model and no network: classical image analysis finds and tracks the objects and their
+visual events, a tiny CNN (`visual_classifier.py`) names each object, and the corpus's own sentence
+generator (`data/synth/cot.py`) renders an *estimated scene graph*, so the text has exactly the
+training distribution's style.
+
+Analysis, per clip (decoded at its native frame rate and size):
+- background: per-row median colour over all columns and frames (the room is flat per row; objects
+  cover a minority of any row), foreground = colour distance > `FG_THRESH` above the floor line,
+  cleaned by a 3x3 opening (removes the 1-px rain/wind streaks) and split into connected components;
+- tracking: components are linked frame to frame by position + colour (Hungarian assignment);
+  objects never vanish once visible, so a track that is lost (occlusion) resumes when seen again;
+- events: a track that first appears after frame 0 *starts* there; one that moves vertically and
+  reaches the floor line has an *impact* at each frame its bottom row arrives on the floor from
+  >= 3 px above; otherwise it is a struck object and each brightness jump is a *strike* (flash);
+- spatial: bounding-box centre column -> x in [-1, 1] (same mapping as the renderer), side by
+  `cot.side_of`; the sprite's radius (inverted from its extents with the renderer's own shape
+  masks) -> distance, since the renderer scales sprites with distance;
+- aesthetic: the corpus's clean-recording sentence: degradations are audio-only and the video cannot
+  show them, so none is ever claimed.
+
+It is built for corpus-style scenes (flat room, floor line at `scene.FLOOR`, one sprite per source);
+on other footage it still runs but its sentences are only as good as that assumption.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+from scipy.optimize import linear_sum_assignment
+
+from ..data.synth import cot as corpus_cot
+from ..data.synth.render import _mask as shape_mask
+from ..data.synth.scene import FLOOR
+from ..data.synth.vocab import BY_NAME, CLASSES
+from ..errors import PrismAudioError
+from ..io.files import check_input_file
+from ..io.video import probe_video, read_frames
+from .core import CoT
+from .planners import Planner, register_planner
+from .visual_classifier import CLASS_NAMES, VisualClassifier, make_crop
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+DEFAULT_CLASSIFIER = REPO_ROOT / "models" / "visual_classifier"
+PARTS = ("semantic", "temporal", "aesthetic", "spatial")
+
+MAX_SIZE = 192  # px analysed at most (the corpus is 96 px; keeps memory bounded on large videos)
+FG_THRESH = 0.1  # max-channel colour distance from the row background (room colours differ by >= 0.18)
+MIN_AREA = 9  # px; the smallest sprite (radius 3) covers >= 25
+LINK_DIST = 20.0  # px per frame; the fastest motion (falls, whooshes) is ~12 px/frame
+COLOUR_MATCH = 0.08  # a component this close in colour re-joins a lost track wherever it is
+MIN_TRACK_FRAMES = 3  # shorter tracks are segmentation debris
+CONTACT_TOL = 2  # px: bottom row within this of the floor line counts as touching it
+DROP_MIN = 3  # px: an impact needs the object this far higher one frame earlier
+FALL_MIN = 8  # px of vertical travel that makes an object a falling one (drops are >= 0.36 H)
+FLASH_JUMP = 0.12  # mean-brightness rise of a strike frame (the renderer whitens by 85 %)
+FAMILY_PRIOR = 0.05  # weight of classes whose family contradicts the observed behaviour
+_KIND = {"impact": "impact", "tonal": "strike", "continuous": "start", "texture": "start"}
+_BEHAVIOUR_FAMILIES = {"impact": ("impact",), "tonal": ("tonal",), "start": ("continuous", "texture")}
+
+
+@dataclass(eq=False)  # identity: tracks are compared and removed from lists by who they are
+class Track:
+    """One object over time; arrays are [T] with NaN where the object was not seen."""
+
+    first: int
+    col: np.ndarray
+    bottom: np.ndarray
+    top: np.ndarray
+    width: np.ndarray
+    height: np.ndarray
+    lum: np.ndarray
+    area: np.ndarray
+    edge: np.ndarray  # bool: the box touches the left/right frame border (width is clipped)
+    comp: dict[int, int] = field(default_factory=dict)  # frame -> component label
+    masks: dict[int, np.ndarray] = field(default_factory=dict)  # frame -> own pixels, where merged
+    boxes: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)  # frame -> (r0, r1, c0, c1)
+    colour: np.ndarray | None = None
+    _colours: list[np.ndarray] = field(default_factory=list)
+    last: tuple[int, float, float] = (0, 0.0, 0.0)  # (frame, centroid row, centroid col)
+    last_area: float = 0.0  # component area at `last` (clean or merged)
+    ref_area: float | None = None  # area at the last clean (unmerged) observation
+    merged: set[int] = field(default_factory=set)  # frames where it was part of a bigger component
+
+    @property
+    def seen(self) -> np.ndarray:
+        return ~np.isnan(self.col)
+
+
+@dataclass
+class Analysis:
+    """What the video shows: tracks, their behaviour and events, and the frames they came from."""
+
+    frames: np.ndarray  # [T, H, W, 3] float32
+    labels: np.ndarray  # [T, H, W] int32 component labels
+    fps: float
+    floor_row: int
+    tracks: list[Track]
+    behaviour: list[str]  # per track: impact | tonal | start
+    events: list[list[int]]  # per track: event frames for its behaviour
+
+
+# ---------------------------------------------------------------------------------------------
+# decoding and segmentation
+
+
+def load_frames(path: str | Path) -> tuple[np.ndarray, float]:
+    """([T, S, S, 3] float32 frames at the native rate, S = native size capped at MAX_SIZE, fps);
+    one-line errors on bad input. Geometry is relative to the frame, so downscaling keeps it."""
+    p = check_input_file(path, "video")
+    info = probe_video(p)
+    size = int(min(max(info.width, info.height), MAX_SIZE))
+    frames = read_frames(p, info.fps, size, duration=info.duration)
+    return frames.permute(0, 2, 3, 1).numpy(), float(info.fps)
+
+
+def segment(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """(labels [T, H, W], number of components per frame, floor row) of the foreground above the floor."""
+    T, H, W, _ = frames.shape
+    floor_row = round(FLOOR * H)
+    bg = np.median(frames.transpose(1, 0, 2, 3).reshape(H, T * W, 3), axis=1)
+    fg = np.abs(frames - bg[None, :, None]).max(-1) > FG_THRESH
+    fg[:, floor_row:] = False
+    fg = ndimage.binary_opening(fg, structure=np.ones((1, 3, 3), bool))
+    labels = np.zeros(fg.shape, np.int32)
+    counts = np.zeros(T, np.int64)
+    for f in range(T):
+        labels[f], counts[f] = ndimage.label(fg[f], structure=np.ones((3, 3), bool))
+    return labels, counts, floor_row
+
+
+def _components(frame: np.ndarray, lab: np.ndarray, n: int) -> list[dict[str, Any]]:
+    out = []
+    if n == 0:
+        return out
+    idx = np.arange(1, n + 1)
+    area = ndimage.sum_labels(np.ones_like(lab), lab, idx)
+    for k, sl in enumerate(ndimage.find_objects(lab), start=1):
+        if sl is None or area[k - 1] < MIN_AREA:
+            continue
+        m = lab[sl] == k
+        pix = frame[sl][m]
+        rr, cc = np.nonzero(m)
+        out.append({"label": k, "area": float(area[k - 1]), "r": float(rr.mean() + sl[0].start),
+                    "c": float(cc.mean() + sl[1].start), "colour": pix.mean(0), "lum": float(pix.mean()),
+                    "box": (sl[0].start, sl[0].stop, sl[1].start, sl[1].stop)})
+    return out
+
+
+def _new_track(T: int, f: int) -> Track:
+    nan = lambda: np.full(T, np.nan)
+    return Track(first=f, col=nan(), bottom=nan(), top=nan(), width=nan(), height=nan(), lum=nan(), area=nan(),
+                 edge=np.zeros(T, bool))
+
+
+def _observe(tr: Track, f: int, c: dict[str, Any], W: int) -> None:
+    """Record a matched component; if it is much bigger than the object was, the object is merged with
+    another one there: keep it visible but leave its geometry and brightness unmeasured."""
+    r0, r1, c0, c1 = c["box"]
+    tr.comp[f] = c["label"]
+    tr.boxes[f] = (r0, r1, c0, c1)
+    tr.last, tr.last_area = (f, c["r"], c["c"]), c["area"]
+    sliding = c0 == 0 or c1 == W or bool(tr.edge[~np.isnan(tr.col)][-1:].any())
+    if tr.ref_area is not None and c["area"] >= 1.3 * tr.ref_area + 2 * MIN_AREA and not sliding:
+        tr.merged.add(f)
+        return
+    tr.ref_area = c["area"]
+    tr.col[f], tr.bottom[f], tr.top[f] = (c0 + c1 - 1) / 2, r1 - 1, r0
+    tr.width[f], tr.height[f], tr.lum[f], tr.area[f] = c1 - c0, r1 - r0, c["lum"], c["area"]
+    tr.edge[f] = c0 == 0 or c1 == W
+    if len(tr._colours) < 3:
+        tr._colours.append(c["colour"])
+        tr.colour = np.mean(tr._colours, 0)
+
+
+def _pseudo_component(frame: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+    rr, cc = np.nonzero(mask)
+    pix = frame[mask]
+    return {"label": -1, "area": float(mask.sum()), "r": float(rr.mean()), "c": float(cc.mean()),
+            "colour": pix.mean(0), "lum": float(pix.mean()),
+            "box": (int(rr.min()), int(rr.max()) + 1, int(cc.min()), int(cc.max()) + 1)}
+
+
+def _merged_birth(tr: Track, c: dict[str, Any], labels: np.ndarray, f: int, lost: list[Track]) -> np.ndarray | None:
+    """Pixels of an object that appeared *touching* `tr` at frame f (its component suddenly grew and
+    no other track was lost into it), else None. Without this an object born against another one
+    would only be found when they separate, with a wrong start time."""
+    lf = tr.last[0]
+    if lf != f - 1 or c["area"] < 1.3 * tr.last_area + 2 * MIN_AREA or tr.edge[lf] or lf not in tr.comp:
+        return None
+    r0, r1, c0, c1 = c["box"]
+    if any(r0 <= o.last[1] < r1 and c0 <= o.last[2] < c1 for o in lost):
+        return None
+    now = labels[f] == c["label"]
+    before = ndimage.binary_dilation(labels[lf] == tr.comp[lf], iterations=2)
+    new = ndimage.binary_opening(now & ~before, structure=np.ones((3, 3), bool))
+    return new if new.sum() >= 2 * MIN_AREA else None
+
+
+def _observe_mask(tr: Track, f: int, frame: np.ndarray, mask: np.ndarray, W: int) -> None:
+    _observe(tr, f, _pseudo_component(frame, mask), W)
+    tr.masks[f] = mask
+
+
+def _chroma(c: np.ndarray) -> np.ndarray:
+    """Colour / its sum: the sprite textures only scale a class's colour, so this is one value per object."""
+    return c / (c.sum(-1, keepdims=True) + 1e-6)
+
+
+def _split_observe(frame: np.ndarray, comp: np.ndarray, involved: list[Track], f: int, W: int,
+                   skip_new: bool = False) -> bool:
+    """Split a component that holds several touching objects by nearest chromaticity to each track's
+    colour and observe each part; False (nothing observed) when their colours are too alike to split."""
+    refs = np.stack([_chroma(t.colour) for t in involved])
+    if len(refs) > 1 and min(np.abs(a - b).max() for k, a in enumerate(refs) for b in refs[k + 1:]) < 0.04:
+        return False
+    rr, cc = np.nonzero(comp)
+    owner = np.abs(_chroma(frame[rr, cc])[:, None] - refs[None]).sum(-1).argmin(1)
+    parts = []
+    for k in range(len(involved)):
+        m = np.zeros_like(comp)
+        m[rr[owner == k], cc[owner == k]] = True
+        parts.append(ndimage.binary_opening(m, structure=np.ones((2, 2), bool)) if m.sum() > 4 * MIN_AREA else m)
+    if any(p.sum() < MIN_AREA for p in parts):
+        return False
+    for k, (t, m) in enumerate(zip(involved, parts)):
+        if skip_new and k == len(involved) - 1:
+            t.masks[f] = m  # the newborn was already observed from its new pixels; keep the cleaner mask
+            continue
+        _observe_mask(t, f, frame, m, W)
+    return True
+
+
+def _split_parent(tracks: list[Track], c: dict[str, Any], f: int) -> Track | None:
+    """The track whose previous-frame box held this new component's centre: a merged pair came apart
+    (an object that merely appears *next to* another one is outside that box)."""
+    for tr in tracks:
+        b = tr.boxes.get(f - 1)
+        if b is not None and b[0] - 2 <= c["r"] < b[1] + 2 and b[2] - 2 <= c["c"] < b[3] + 2:
+            return tr
+    return None
+
+
+def track(frames: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> list[Track]:
+    """Link each frame's components to the running tracks (Hungarian on position + colour cost)."""
+    T, _, W, _ = frames.shape
+    tracks: list[Track] = []
+    for f in range(T):
+        comps = _components(frames[f], labels[f], int(counts[f]))
+        if not comps:
+            continue
+        cost = np.full((len(tracks), len(comps)), 1e6)
+        for i, tr in enumerate(tracks):
+            lf, lr, lc = tr.last
+            for j, c in enumerate(comps):
+                dpos = float(np.hypot(c["r"] - lr, c["c"] - lc))
+                dcol = float(np.abs(c["colour"] - tr.colour).max())
+                if dpos < LINK_DIST * min(f - lf, 3) or dcol < COLOUR_MATCH:
+                    cost[i, j] = dpos / LINK_DIST + dcol / 0.2
+        matched: dict[int, int] = {}
+        if tracks:
+            for i, j in zip(*linear_sum_assignment(cost)):
+                if cost[i, j] < 1e6:
+                    matched[int(j)] = int(i)
+        unmatched = [tr for i, tr in enumerate(tracks) if i not in matched.values()]
+        lost = [tr for tr in unmatched if tr.last[0] == f - 1]
+        for j, i in matched.items():
+            tr, c = tracks[i], comps[j]
+            r0, r1, c0, c1 = c["box"]
+            inside = [o for o in unmatched if o.last[0] >= f - 3 and r0 - 4 <= o.last[1] < r1 + 4
+                      and c0 - 4 <= o.last[2] < c1 + 4]
+            comp_mask = labels[f] == c["label"]
+            if inside and _split_observe(frames[f], comp_mask, [tr, *inside], f, W):
+                for o in inside:
+                    unmatched.remove(o)
+                continue
+            born = _merged_birth(tr, c, labels, f, lost)
+            if born is None:
+                _observe(tr, f, c, W)
+                continue
+            nt = _new_track(T, f)
+            _observe_mask(nt, f, frames[f], born, W)
+            tracks.append(nt)
+            if not _split_observe(frames[f], comp_mask, [tr, nt], f, W, skip_new=True):
+                _observe(tr, f, c, W)
+        for j, c in enumerate(comps):
+            if j not in matched:
+                tr = _new_track(T, f)
+                parent = _split_parent(tracks, c, f)
+                if parent is not None:  # it was there all along, merged with `parent`
+                    tr.first = parent.first
+                _observe(tr, f, c, W)
+                tracks.append(tr)
+    return [tr for tr in tracks if tr.seen.sum() >= MIN_TRACK_FRAMES or tr.masks]
+
+
+# ---------------------------------------------------------------------------------------------
+# behaviour and events
+
+
+def _prev_seen(tr: Track, f: int, max_gap: int = 2) -> int | None:
+    for g in range(f - 1, max(-1, f - 1 - max_gap), -1):
+        if tr.seen[g]:
+            return g
+    return None
+
+
+def impact_frames(tr: Track, floor_row: int) -> list[int]:
+    """Frames where the object's bottom arrives on the floor line from >= DROP_MIN px above."""
+    out = []
+    for f in np.flatnonzero(tr.seen):
+        if tr.bottom[f] < floor_row - 1 - CONTACT_TOL:
+            continue
+        g = _prev_seen(tr, int(f), max_gap=8)  # it may have been hidden in a merge on the way down
+        if g is not None and tr.bottom[g] <= tr.bottom[f] - DROP_MIN:
+            out.append(int(f))
+    return out
+
+
+def flash_frames(tr: Track) -> list[int]:
+    """Onsets of brightness jumps (the strike flash decays within ~5 frames; strikes are >= 10 apart)."""
+    lum = tr.lum
+    out: list[int] = []
+    for f in np.flatnonzero(tr.seen):
+        g = _prev_seen(tr, int(f))
+        if g is None or lum[f] - lum[g] < FLASH_JUMP:
+            continue
+        if out and f - out[-1] < 5:
+            continue
+        out.append(int(f))
+    if not out and tr.seen.sum() > 1:  # every struck object in the corpus is struck at least once
+        d = np.diff(np.where(tr.seen, lum, np.nan))
+        if np.isfinite(d).any():
+            out.append(int(np.nanargmax(d)) + 1)
+    return out
+
+
+def behaviour_of(tr: Track, floor_row: int) -> str:
+    """impact | tonal | start, from how the object behaves (not from how it looks)."""
+    if tr.first > 0:
+        return "start"
+    clean = tr.seen.copy()
+    clean[list(tr.masks)] = False  # parts of split merges can have ragged outlines
+    b = tr.bottom[clean if clean.any() else tr.seen]
+    if np.ptp(b) >= FALL_MIN and b.max() >= floor_row - 1 - CONTACT_TOL:
+        return "impact"
+    return "tonal"
+
+
+def events_for(tr: Track, family: str, floor_row: int) -> list[int]:
+    if family == "impact":
+        return impact_frames(tr, floor_row)
+    if family == "tonal":
+        return flash_frames(tr)
+    return [tr.first]
+
+
+def analyse_frames(frames: np.ndarray, fps: float) -> Analysis:
+    """Segment, track and find events in [T, H, W, 3] float frames in [0, 1]."""
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
+        raise PrismAudioError(f"frames must be [T, H, W, 3], got {tuple(frames.shape)}")
+    frames = np.ascontiguousarray(frames, dtype=np.float32)
+    labels, counts, floor_row = segment(frames)
+    tracks = track(frames, labels, counts)
+    beh = [behaviour_of(tr, floor_row) for tr in tracks]
+    ev = [events_for(tr, {"start": "continuous"}.get(b, b), floor_row) for tr, b in zip(tracks, beh)]
+    return Analysis(frames, labels, float(fps), floor_row, tracks, beh, ev)
+
+
+# ---------------------------------------------------------------------------------------------
+# classification, distance, scene graph
+
+
+def track_crops(an: Analysis, tr: Track, n: int = 4, size: int = 32) -> torch.Tensor:
+    """[k, 4, size, size] crops of `tr` at up to `n` clean frames (typical area, not flashing, not at
+    the frame edge), spread over its life."""
+    seen = np.flatnonzero(tr.seen)
+    area, lum = tr.area[seen], tr.lum[seen]
+    ok = (np.abs(area - np.median(area)) <= 0.25 * np.median(area)) & (lum <= np.median(lum) + FLASH_JUMP / 2)
+    ok &= ~tr.edge[seen]
+    pick = seen[ok] if ok.any() else seen
+    pick = pick[np.linspace(0, len(pick) - 1, min(n, len(pick))).round().astype(int)]
+    return torch.stack([make_crop(an.frames[f], _own_mask(an, tr, int(f)), size) for f in pick])
+
+
+def _own_mask(an: Analysis, tr: Track, f: int) -> np.ndarray:
+    return tr.masks[f] if f in tr.masks else an.labels[f] == tr.comp[f]
+
+
+@functools.cache
+def _extents(shape: str, r: int) -> tuple[int, int]:
+    """(width, height) in px of the renderer's `shape` at radius r."""
+    w = 2 * r + 1 if shape not in ("rect", "ellipse", "cloud", "leaf") else 2 * r + 2
+    m = shape_mask(shape, np.arange(-w, w + 1)[None], np.arange(-r, r + 1)[:, None], r)
+    rows, cols = np.nonzero(m)
+    return int(np.ptp(cols) + 1), int(np.ptp(rows) + 1)
+
+
+def estimate_distance(tr: Track, cls: str, size: int) -> float:
+    """Invert the renderer's radius(distance) law from the object's median extents."""
+    spec = BY_NAME[cls]
+    seen = tr.seen
+    w = np.nanmedian(tr.width[seen & ~tr.edge]) if (seen & ~tr.edge).any() else np.nan
+    h = np.nanmedian(tr.height[seen])
+    errs = []
+    for r in range(3, max(4, size // 2)):
+        ew, eh = _extents(spec.shape, r)
+        errs.append((abs(ew - w) if np.isfinite(w) else 0.0) + abs(eh - h))
+    r = 3 + int(np.argmin(errs))
+    k, p = (0.13, 0.5) if spec.family == "texture" else (0.14, 0.7)
+    # geometric centre of the distance interval that rounds to this radius
+    d_near = (k * size / (r + 0.5)) ** (1 / p)
+    d_far = (k * size / max(r - 0.5, 0.5)) ** (1 / p)
+    return float(np.clip(np.sqrt(d_near * d_far), 1.0, 3.5))
+
+
+_TERMS = sorted(((t.lower(), c.name) for c in CLASSES for t in (*c.nouns, c.label, c.name)),
+                key=lambda t: -len(t[0]))
+
+
+def caption_classes(caption: str) -> list[str]:
+    """Corpus classes a caption names, in order of mention (longest synonym wins: 'metal ball')."""
+    text, found = caption.lower(), []
+    for term, name in _TERMS:
+        for m in re.finditer(rf"\b{re.escape(term)}s?\b", text):
+            found.append((m.start(), name))
+            text = text[:m.start()] + " " * (m.end() - m.start()) + text[m.end():]
+    out: list[str] = []
+    for _, name in sorted(found):
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def assign_classes(probs: np.ndarray, behaviour: list[str], allowed: list[str] | None = None) -> list[str]:
+    """Class per track: classifier posteriors x behaviour prior (a falling object is an impact class...);
+    with `allowed` (a caption's classes) tracks take those classes, one each, by the same score."""
+    prior = np.array([[1.0 if c.family in _BEHAVIOUR_FAMILIES[b] else FAMILY_PRIOR for c in CLASSES]
+                      for b in behaviour]).reshape(len(behaviour), len(CLASSES))
+    score = np.log(np.clip(probs * prior, 1e-12, None))
+    names = [CLASS_NAMES[int(i)] for i in score.argmax(1)] if len(behaviour) else []
+    if allowed:
+        cols = [CLASS_NAMES.index(a) for a in allowed]
+        rows, picks = linear_sum_assignment(-score[:, cols])
+        for i, j in zip(rows, picks):
+            names[i] = allowed[j]
+    return names
+
+
+def scene_graph(an: Analysis, classes: list[str]) -> dict[str, Any]:
+    """An estimated scene graph with the fields `data/synth/cot.py` reads."""
+    T, H, _, _ = an.frames.shape
+    sources = []
+    for tr, cls in sorted(zip(an.tracks, classes), key=lambda t: (t[0].first, np.nanmean(t[0].col))):
+        fam = BY_NAME[cls].family
+        frames = events_for(tr, fam, an.floor_row) if fam in ("impact", "tonal") else [tr.first]
+        idx = np.arange(T)
+        seen = tr.seen
+        col = np.interp(idx, idx[seen], tr.col[seen])
+        x = np.round(col / (H - 1) * 2 - 1, 4)
+        visible = idx >= tr.first
+        vis_x = x[visible & seen]
+        sources.append({
+            "class": cls, "label": BY_NAME[cls].label, "family": fam,
+            "events": [{"time": round(k / an.fps, 6), "frame": int(k), "kind": _KIND[fam]} for k in frames],
+            "positions": {"x": x.tolist(), "y": [0.0] * T, "visible": visible.astype(int).tolist()},
+            "moving": bool(np.ptp(vis_x) > 3.0 / (H - 1)),  # > 1.5 px of travel
+            "distance": round(estimate_distance(tr, cls, H), 3),
+        })
+    return {"duration": T / an.fps, "fps": an.fps, "num_frames": T, "size": H, "floor": FLOOR,
+            "sources": sources, "degradation": None}
+
+
+_EMPTY = {"semantic": "No sound source can be seen in the video.",
+          "temporal": "No visible event marks a sound onset.",
+          "spatial": "No source position can be seen."}
+
+
+def render_parts(scene: dict[str, Any], seed: int = 0, caption: str | None = None) -> dict[str, str]:
+    """The four CoT parts from `scene` with the corpus generator; a caption naming no corpus class
+    becomes the Semantic part itself."""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    aesthetic = corpus_cot.aesthetic(scene, rng)
+    if scene["sources"]:
+        parts = {"semantic": corpus_cot.semantic(scene, rng), "temporal": corpus_cot.temporal(scene, rng),
+                 "aesthetic": aesthetic, "spatial": corpus_cot.spatial(scene, rng)}
+    else:
+        parts = {**_EMPTY, "aesthetic": aesthetic}
+    if caption is not None and caption.strip() and not caption_classes(caption):
+        text = caption.strip()
+        parts["semantic"] = text[0].upper() + text[1:] + ("" if text[-1] in ".!?" else ".")
+    return {k: parts[k] for k in PARTS}
+
+
+@functools.lru_cache(maxsize=4)
+def _load_classifier(path: str) -> VisualClassifier:
+    return VisualClassifier.load(path)
+
+
+def estimate_scene(video: str | Path, classifier: VisualClassifier | str | Path | None = None,
+                   caption: str | None = None) -> dict[str, Any]:
+    """Analyse a video file and return its estimated scene graph."""
+    frames, fps = load_frames(video)
+    return scene_from_frames(frames, fps, classifier, caption)
+
+
+def scene_from_frames(frames: np.ndarray, fps: float, classifier: VisualClassifier | str | Path | None = None,
+                      caption: str | None = None) -> dict[str, Any]:
+    """Estimated scene graph of [T, H, W, 3] frames in [0, 1] (see `estimate_scene`)."""
+    model = classifier if isinstance(classifier, VisualClassifier) else _load_classifier(
+        str(classifier if classifier is not None else DEFAULT_CLASSIFIER))
+    an = analyse_frames(frames, fps)
+    if an.tracks:
+        probs = np.stack([model.probs(track_crops(an, tr, size=model.crop)).mean(0).numpy() for tr in an.tracks])
+    else:
+        probs = np.zeros((0, len(CLASSES)))
+    allowed = caption_classes(caption) if caption else None
+    return scene_graph(an, assign_classes(probs, an.behaviour, allowed))
+
+
+def analyse_video(video: str | Path, caption: str | None = None,
+                  classifier: VisualClassifier | str | Path | None = None, seed: int = 0) -> dict[str, str]:
+    """{semantic, temporal, aesthetic, spatial} for a video file; a caption overrides Semantic."""
+    return render_parts(estimate_scene(video, classifier, caption), seed, caption)
+
+
+# ---------------------------------------------------------------------------------------------
+# planner registration
+
+
+@register_planner("offline")
+class OfflinePlanner(Planner):
+    """Planner "offline": the four CoT parts from the video alone (no LLM, no network)."""
+
+    def __init__(self, classifier_path: str | Path | None = None, seed: int = 0):
+        self.classifier_path = Path(classifier_path) if classifier_path is not None else DEFAULT_CLASSIFIER
+        self.seed = int(seed)
+        self.classifier = VisualClassifier.load(self.classifier_path)
+
+    def plan(self, video_path: str | os.PathLike, caption: str | None = None) -> CoT:
+        """The four CoT parts of the video; a caption naming corpus classes fixes the object classes."""
+        return CoT(**analyse_video(video_path, caption=caption, classifier=self.classifier, seed=self.seed))
