@@ -311,6 +311,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_grpo(args: argparse.Namespace) -> int:
+    from .rl import load_grpo_config
+    from .rl.trainer import grpo
+
+    cfg = load_grpo_config(args.config, args.set)
+    grpo(cfg, args.out or cfg.out_dir, resume=args.resume, log=None if args.quiet else lambda m: print(m, flush=True))
+    return 0
+
+
 # ---------------------------------------------------------------------------------- parser
 def add_planner_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--planner", default="offline",
@@ -425,6 +434,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress lines")
     t.set_defaults(func=cmd_train)
 
+    r = sub.add_parser("grpo", help="RL post-training (Fast-GRPO / Flow-GRPO / SFT / RWR / DPO) from a YAML config")
+    r.add_argument("config", help="GRPO config YAML (see configs/grpo/)")
+    r.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint in --out")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, dotted keys (e.g. --set sampler.window=4); repeatable")
+    r.add_argument("--out", default=None, help="run directory (default: the config's out_dir)")
+    r.add_argument("--quiet", action="store_true", help="no progress lines")
+    r.set_defaults(func=cmd_grpo)
+
     c = sub.add_parser("convert-official", help="convert an official PrismAudio checkpoint")
     c.add_argument("--weights", required=True, help="official prismaudio.ckpt or .safetensors")
     c.add_argument("--config", default=None, help="official model config JSON (default: the paper config)")
@@ -438,6 +456,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
+    import warnings
+
+    # Library warnings (a truncated CoT, a resampled file) reach CLI users as one plain line each.
+    warnings.formatwarning = lambda message, category, *a, **k: f"prismaudio: warning: {message}\n"
     try:
         return func(args)
     except PrismAudioError as e:
