@@ -64,7 +64,7 @@ def test_copy_matches_gt(setup):
     cell = report.cells["all"]["copy"]
     assert cell["CLAP"].n == N and cell["GCC"].mean == pytest.approx(0.0, abs=1e-12)
     assert cell["FD"].mean == pytest.approx(0.0, abs=1e-6)
-    assert report.modes["GCC"].startswith("bewo") and report.modes["CLAP"] == "judge_clap"
+    assert report.modes["GCC"].startswith("paper") and report.modes["CLAP"] == "judge_clap"
     assert {"onset_ms", "side_acc", "class_recall"} <= set(report.columns)
 
 
