@@ -247,3 +247,18 @@ def test_vae_stage_run_trains_and_exports(corpus: Path, tmp_path: Path) -> None:
     assert any(not torch.equal(init[k], trained[k]) for k in init)
     model_sd = load_file(out / "checkpoints" / "step-00000002" / "model.safetensors")
     assert any(k.startswith("disc.") for k in model_sd)  # the discriminator is checkpointed too
+
+
+def test_stft_loss_is_not_swamped_by_a_silent_crop() -> None:
+    """A batch with one all-silent target crop (common in the sparse procedural corpus) keeps the
+    multi-resolution STFT loss on the scale of the audible crops' error, and identical audio gives 0."""
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(4, 2, 4096, generator=g) * 0.3
+    pred = target + 0.05 * torch.randn(4, 2, 4096, generator=g)
+    sizes = [512, 256, 128]
+    audible = float(multi_resolution_stft_loss(pred, target, sizes))
+    target_silent = target.clone()
+    target_silent[0] = 0.0
+    with_silent = float(multi_resolution_stft_loss(pred, target_silent, sizes))
+    assert 0.0 < audible < 2.0 and with_silent < 10 * audible + 5.0
+    assert float(multi_resolution_stft_loss(target, target, sizes)) == pytest.approx(0.0, abs=1e-6)
