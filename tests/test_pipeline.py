@@ -79,6 +79,21 @@ def test_save_load_round_trip_is_bit_exact(tiny: PrismAudioPipeline, tmp_path: P
     assert torch.equal(a.audio, b.audio)
 
 
+def test_half_precision_save_halves_the_files_and_loads_as_float32(tiny: PrismAudioPipeline, tmp_path: Path) -> None:
+    tiny.save_pretrained(tmp_path / "full")
+    tiny.save_pretrained(tmp_path / "half", dtype=torch.float16)
+    size = {d: (tmp_path / d / "model.safetensors").stat().st_size for d in ("full", "half")}
+    assert size["half"] < 0.55 * size["full"]
+    stored = load_file(tmp_path / "half" / "model.safetensors")
+    assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.float16}
+    loaded = PrismAudioPipeline.from_pretrained(tmp_path / "half")
+    own, new = tiny.state_dict(), loaded.state_dict()
+    for k in own:
+        assert new[k].dtype == own[k].dtype  # float32 modules again
+        if own[k].is_floating_point():  # exactly the float16 rounding of the original
+            assert torch.equal(new[k], own[k].to(torch.float16).to(own[k].dtype)), k
+
+
 def test_save_overwrites_atomically(tiny: PrismAudioPipeline, tmp_path: Path) -> None:
     tiny.save_pretrained(tmp_path / "ckpt")
     other = PrismAudioPipeline.from_preset("tiny", seed=4)

@@ -262,3 +262,22 @@ def test_stft_loss_is_not_swamped_by_a_silent_crop() -> None:
     with_silent = float(multi_resolution_stft_loss(pred, target_silent, sizes))
     assert 0.0 < audible < 2.0 and with_silent < 10 * audible + 5.0
     assert float(multi_resolution_stft_loss(target, target, sizes)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_ema_warmup_forgets_the_random_init_in_a_short_run() -> None:
+    from prismaudio.train.trainer import EMA
+
+    lin = torch.nn.Linear(4, 4)
+    ema = EMA(lin, 0.999, warmup=True)
+    assert ema.decay_at(1) == pytest.approx(2 / 11) and ema.decay_at(100_000) == 0.999
+    init = lin.weight.detach().clone()
+    target = torch.ones_like(init)
+    with torch.no_grad():
+        lin.weight.copy_(target)
+    for step in range(1, 1201):
+        ema.update(step)
+    # with a plain 0.999 decay 0.999**1200 = 30% of the shadow would still be the initial weights
+    left = float(((ema.shadow["weight"] - target) / (init - target)).mean())
+    assert 0 <= left < 1e-3
+    plain = EMA(torch.nn.Linear(4, 4), 0.999, warmup=False)
+    assert plain.decay_at(1) == 0.999

@@ -140,11 +140,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .io.spectrogram import save_spectrogram_png
     from .io.video import mux_audio, probe_video
 
-    video = Path(args.video)
     if args.steps <= 0:
         raise PrismAudioError(f"--steps must be a positive integer, got {args.steps}")
     if args.duration is not None and not args.duration > 0:
         raise PrismAudioError(f"--duration must be > 0 s, got {args.duration:g}")
+    if args.manifest is not None:
+        return generate_manifest(args)
+    if args.video is None:
+        raise PrismAudioError("give a video file (or --manifest)")
+    video = Path(args.video)
     probe_video(video)  # fail fast on a bad video before loading the model
     pipe = load_pipeline(args.model)
     plan = resolve_cot(args, video)
@@ -175,6 +179,35 @@ def cmd_generate(args: argparse.Namespace) -> int:
         for p in written:
             print(p)
     return 0
+
+
+def generate_manifest(args: argparse.Namespace) -> int:
+    """`generate --manifest`: OUT/<id>.wav for every clip of the split; exit 1 if any clip failed."""
+    from .batch import generate_rows, manifest_plan, manifest_rows
+    from .cot import build_planner
+
+    if args.video is not None or args.cot is not None or args.name is not None:
+        raise PrismAudioError("--manifest generates every clip of the split: drop the video, --cot and --name")
+    if args.limit is not None and args.limit <= 0:
+        raise PrismAudioError(f"--limit must be a positive integer, got {args.limit}")
+    warn = lambda m: print(f"prismaudio: warning: {m}", file=sys.stderr)  # noqa: E731
+    rows = manifest_rows(args.manifest, None if args.split == "all" else args.split, args.limit, warn)
+    if args.manifest_cot:
+        plan = manifest_plan
+    elif args.planner == "none":
+        plan = lambda row: None  # noqa: E731
+    else:
+        planner = build_planner(args.planner, **planner_options(args.planner_opt))
+        plan = lambda row: planner.plan(row.video, caption=args.caption)  # noqa: E731
+    pipe = load_pipeline(args.model)
+    summary = generate_rows(pipe, rows, args.out, plan, cot_style=args.cot_style, steps=args.steps,
+                            cfg_scale=args.cfg, seed=args.seed, progress=not args.quiet)
+    for clip, why in summary.failed.items():
+        print(f"prismaudio: error: clip {clip}: {why}", file=sys.stderr)
+    if not args.quiet:
+        print(f"{len(summary.done)} generated, {len(summary.skipped_existing)} already there, "
+              f"{len(summary.failed)} failed -> {args.out}")
+    return 1 if summary.failed else 0
 
 
 # ------------------------------------------------------------------------- convert-official
@@ -342,7 +375,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     g = sub.add_parser("generate", help="generate stereo sound for a video")
-    g.add_argument("video", help="input video file")
+    g.add_argument("video", nargs="?", default=None, help="input video file (or --manifest)")
+    g.add_argument("--manifest", default=None,
+                   help="instead of one video: every clip of a manifest split -> OUT/<id>.wav (+ <id>.cot.json), "
+                        "the input of `prismaudio evaluate`; existing WAVs are skipped (resumable)")
+    g.add_argument("--split", default="test", help="with --manifest: the split to generate, or 'all' (default test)")
+    g.add_argument("--limit", type=int, default=None, help="with --manifest: at most this many clips")
+    g.add_argument("--manifest-cot", action="store_true",
+                   help="with --manifest: condition on each row's own CoT instead of the planner's plan")
     g.add_argument("--cot", default=None,
                    help="chain-of-thought plan: TEXT or @FILE (four labelled parts, Markdown or JSON; other text "
                         "is split into the four parts by the rule-based decoupler). Default: the planner's plan")

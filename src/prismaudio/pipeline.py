@@ -115,18 +115,22 @@ class PrismAudioPipeline(nn.Module):
             _load_into(module, root / fname, config.preset)
         return pipe.eval()
 
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write config + safetensors atomically: a crash mid-save leaves the old directory intact."""
+    def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+        """Write config + safetensors atomically: a crash mid-save leaves the old directory intact.
+
+        `dtype` (e.g. torch.float16) stores the floating-point weights at that precision, to ship a
+        small checkpoint; `from_pretrained` casts them back to the modules' float32.
+        """
         root = Path(path)
         root.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
         try:
             (tmp / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=1) + "\n")
-            save_file(_contiguous(_ModelPart(self.dit, self.conditioner).state_dict()), tmp / MODEL_FILE)
-            save_file(_contiguous(self.vae.state_dict()), tmp / VAE_FILE)
+            save_file(_contiguous(_ModelPart(self.dit, self.conditioner).state_dict(), dtype), tmp / MODEL_FILE)
+            save_file(_contiguous(self.vae.state_dict(), dtype), tmp / VAE_FILE)
             enc = _EncodersPart(self.video_encoder, self.sync_encoder).state_dict()
             if enc:
-                save_file(_contiguous(enc), tmp / ENCODERS_FILE)
+                save_file(_contiguous(enc, dtype), tmp / ENCODERS_FILE)
             if root.exists():
                 old = root.with_name(f".{root.name}.old")
                 shutil.rmtree(old, ignore_errors=True)
@@ -269,8 +273,11 @@ def _state_size(module: nn.Module) -> int:
     return len(module.state_dict())
 
 
-def _contiguous(sd: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+def _contiguous(sd: dict[str, Tensor], dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+    def cast(v: Tensor) -> Tensor:
+        return v.to(dtype) if dtype is not None and v.is_floating_point() else v
+
+    return {k: cast(v.detach()).contiguous().cpu() for k, v in sd.items()}
 
 
 def _load_into(module: nn.Module, file: Path, preset_name: str) -> None:

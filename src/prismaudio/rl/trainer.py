@@ -285,9 +285,7 @@ class GRPOTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.opt_steps += 1
         if self.opt_steps % self.cfg.ema_every == 0:  # official ema.py decay schedule
-            s = self.opt_steps
-            self.ema.decay = min((1 + s) / (10 + s), self.cfg.ema_max_decay)
-            self.ema.update()
+            self.ema.update(self.opt_steps)
 
     # -------------------------------------------------------------------- main loop
     def run(self) -> dict[str, Any]:

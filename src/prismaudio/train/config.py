@@ -80,6 +80,7 @@ class TrainConfig:
     grad_accum: int = 1
     max_steps: int = 1000  # optimizer steps
     ema_decay: float = 0.999
+    ema_warmup: bool = True  # decay min(ema_decay, (1 + n) / (10 + n)) at step n (see trainer.EMA)
     checkpoint_every: int = 500
     keep_last: int = 3
     demo_every: int = 0  # 0 = no demos

@@ -31,7 +31,7 @@ from ..io.files import atomic_path
 from .config import DataConfig
 
 Log = Callable[[str], None]
-CACHE_FORMAT = "prismaudio-train-data-1"
+CACHE_FORMAT = "prismaudio-train-data-2"
 
 
 # ------------------------------------------------------------------------------ rows + text
@@ -168,27 +168,62 @@ def build_audio_clips(rows: Sequence[ManifestRow], sample_rate: int, duration: f
 @torch.no_grad()
 def build_flow_clips(pipe: Any, rows: Sequence[ManifestRow], cfg: DataConfig, stage: str, variant: str,
                      log: Log) -> FlowClips:
-    """Decode, encode (frozen VAE, frozen text encoder) and keep everything in memory."""
+    """Decode, encode (frozen VAE, frozen text encoder) and keep everything in memory.
+
+    The cache holds only what is expensive and text-independent (frames, latents), so the
+    foundation stage, every CoT variant and GRPO share one decode of the corpus; the text
+    features (a few seconds of MiniLM) are recomputed per run.
+    """
     c = pipe.config
     duration = float(cfg.duration if cfg.duration is not None else c.duration)
     specs = [pipe.video_encoder.frame_spec(), pipe.sync_encoder.frame_spec()]
-    key_parts = {"format": CACHE_FORMAT, "stage": stage, "variant": variant if stage == "cot" else "caption",
-                 "duration": duration, "specs": specs, "sr": c.sample_rate, "data_seed": cfg.seed,
-                 "vae": _weights_hash(pipe.vae), "text": type(pipe.text_encoder).__name__,
-                 "ids": [r.id for r in rows]}
+    key_parts = {"format": CACHE_FORMAT, "duration": duration, "specs": specs, "sr": c.sample_rate,
+                 "data_seed": cfg.seed, "vae": _weights_hash(pipe.vae), "ids": [r.id for r in rows]}
     cache = Path(cfg.cache_dir) / f"flow-{_cache_key(rows, key_parts)}.safetensors" if cfg.cache_dir else None
-    if cache is not None and cache.is_file():
-        loaded = _read_cache(cache)
-        if loaded is not None:
-            log(f"loaded {len(loaded)} clips from the data cache {cache}")
-            return loaded
+    clips = _read_cache(cache) if cache is not None and cache.is_file() else None
+    if clips is not None:
+        log(f"loaded {len(clips[3])} clips from the data cache {cache}")
+    else:
+        clips = _decode_clips(pipe, rows, cfg, duration, log)
+        if cache is not None:
+            _write_cache(cache, clips, log)
+    video, sync, latent, ids = clips
+    by_id = {r.id: r for r in rows}
+    keep, strings = [], []
+    for i, clip_id in enumerate(ids):
+        try:
+            strings.append(render_text(by_id[clip_id], stage, variant, cfg.seed))
+        except PrismAudioError as e:
+            log(f"skipping clip: {e}")
+            continue
+        keep.append(i)
+    if not keep:
+        raise PrismAudioError("no clip has the text this stage needs; nothing to train on")
+    if len(keep) < len(ids):
+        sel = torch.tensor(keep)
+        video, sync, latent, ids = video[sel], sync[sel], latent[sel], [ids[i] for i in keep]
+    unique = sorted(set(strings))
+    feats = []
+    for start in range(0, len(unique), 32):
+        hidden, lengths = pipe.text_encoder.encode_text(unique[start : start + 32])
+        feats += [h[: int(n)].float().clone() for h, n in zip(hidden, lengths)]
+    position = {s: i for i, s in enumerate(unique)}
+    index = torch.tensor([position[s] for s in strings], dtype=torch.long)
+    return FlowClips(video, sync, latent, index, feats, unique, ids, duration)
+
+
+Decoded = tuple[Tensor, Tensor, Tensor, list[str]]  # video uint8, sync uint8, latent, ids
+
+
+def _decode_clips(pipe: Any, rows: Sequence[ManifestRow], cfg: DataConfig, duration: float, log: Log) -> Decoded:
+    c = pipe.config
     n_lat = c.latent_length(duration)
     ratio = pipe.vae.downsampling_ratio
+    specs = [pipe.video_encoder.frame_spec(), pipe.sync_encoder.frame_spec()]
     ds = ClipDataset(rows, c.sample_rate, duration, specs, channels=c.vae.audio_channels)
-    video, sync, latent, ids, strings = [], [], [], [], []
+    video, sync, latent, ids = [], [], [], []
     for i, row in enumerate(rows):
         try:
-            text = render_text(row, stage, variant, cfg.seed)
             item = ds[i]
         except PrismAudioError as e:
             log(f"skipping clip {row.id!r}: {e}" if row.id not in str(e) else f"skipping clip: {e}")
@@ -202,26 +237,15 @@ def build_flow_clips(pipe: Any, rows: Sequence[ManifestRow], cfg: DataConfig, st
         video.append(_to_uint8(item["frames"][0]))
         sync.append(_to_uint8(item["frames"][1]))
         ids.append(row.id)
-        strings.append(text)
     if not ids:
         raise PrismAudioError("every clip failed to decode; nothing to train on")
-    unique = sorted(set(strings))
-    feats = []
-    for start in range(0, len(unique), 32):
-        hidden, lengths = pipe.text_encoder.encode_text(unique[start : start + 32])
-        feats += [h[: int(n)].float().clone() for h, n in zip(hidden, lengths)]
-    index = torch.tensor([unique.index(s) for s in strings], dtype=torch.long)
-    clips = FlowClips(torch.stack(video), torch.stack(sync), torch.stack(latent), index, feats, unique, ids, duration)
-    if cache is not None:
-        _write_cache(cache, clips, log)
-    return clips
+    return torch.stack(video), torch.stack(sync), torch.stack(latent), ids
 
 
-def _write_cache(path: Path, clips: FlowClips, log: Log) -> None:
-    tensors = {"video": clips.video, "sync": clips.sync, "latent": clips.latent, "text_index": clips.text_index}
-    tensors.update({f"text.{i}": t.contiguous() for i, t in enumerate(clips.texts)})
-    meta = {"format": CACHE_FORMAT, "ids": json.dumps(clips.ids), "texts": json.dumps(clips.text_strings),
-            "duration": repr(clips.duration)}
+def _write_cache(path: Path, clips: Decoded, log: Log) -> None:
+    video, sync, latent, ids = clips
+    tensors = {"video": video, "sync": sync, "latent": latent}
+    meta = {"format": CACHE_FORMAT, "ids": json.dumps(ids)}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
@@ -230,17 +254,13 @@ def _write_cache(path: Path, clips: FlowClips, log: Log) -> None:
         log(f"warning: could not write the data cache {path}: {e}")
 
 
-def _read_cache(path: Path) -> FlowClips | None:
+def _read_cache(path: Path) -> Decoded | None:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            t = {k: f.get_tensor(k).clone() for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
-        if meta.get("format") != CACHE_FORMAT:
-            return None
-        strings = json.loads(meta["texts"])
-        texts = [t[f"text.{i}"] for i in range(len(strings))]
-        return FlowClips(t["video"], t["sync"], t["latent"], t["text_index"], texts, strings,
-                         json.loads(meta["ids"]), float(meta["duration"]))
+            if meta.get("format") != CACHE_FORMAT:
+                return None
+            t = {k: f.get_tensor(k).clone() for k in ("video", "sync", "latent")}
+        return t["video"], t["sync"], t["latent"], json.loads(meta["ids"])
     except (SafetensorError, OSError, KeyError, ValueError, RuntimeError):
         return None  # unreadable cache: rebuild it
-

@@ -1,0 +1,81 @@
+"""Generate sound for every clip of a manifest split: the input `prismaudio evaluate` expects.
+
+One `<id>.wav` per clip (written atomically, so an interrupted run never leaves a truncated file)
+plus `<id>.cot.json`, the plan it was conditioned on. Clips whose WAV already exists are skipped,
+so a killed run continues where it stopped. A clip that fails (broken video, planner error) is
+reported and skipped; the others still run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .cot import CoT
+from .data.manifest import ManifestRow, read_manifest
+from .errors import PrismAudioError
+from .io.audio import save_wav
+from .io.files import atomic_path
+from .pipeline import PrismAudioPipeline
+
+COT_SOURCES = ("planner", "manifest", "none")
+Plan = Callable[[ManifestRow], "CoT | None"]
+
+
+@dataclass
+class BatchSummary:
+    done: list[str] = field(default_factory=list)
+    skipped_existing: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def manifest_rows(manifest: str | os.PathLike, split: str | None, limit: int | None,
+                  warn: Callable[[str], None]) -> list[ManifestRow]:
+    rows, problems = read_manifest(manifest)
+    for p in problems:
+        warn(f"skipping bad manifest row: {p}")
+    if split is not None:
+        rows = [r for r in rows if r.split == split]
+    rows = rows[:limit] if limit is not None else rows
+    if not rows:
+        raise PrismAudioError(f"no clips of split {split!r} in {manifest}")
+    return rows
+
+
+def manifest_plan(row: ManifestRow) -> CoT:
+    """The manifest's own (ground-truth) CoT of a clip."""
+    if not row.cot:
+        raise PrismAudioError(f"clip {row.id!r} has no CoT in the manifest")
+    return CoT.from_corpus(row.cot)
+
+
+def generate_rows(pipe: PrismAudioPipeline, rows: list[ManifestRow], out: str | os.PathLike, plan: Plan,
+                  cot_style: str = "multi", steps: int = 24, cfg_scale: float | None = None, seed: int = 0,
+                  progress: bool = True) -> BatchSummary:
+    """`<out>/<id>.wav` for every row (the clip's own duration, the model's when unknown)."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = BatchSummary()
+    for row in tqdm(rows, desc="generating", unit="clip", disable=not progress):
+        wav = out / f"{row.id}.wav"
+        if wav.exists():
+            summary.skipped_existing.append(row.id)
+            continue
+        try:
+            cot = plan(row)
+            text = cot.render(cot_style) if cot is not None else ""
+            result = pipe.generate(row.video, cot=text, duration=row.duration, seed=seed, steps=steps,
+                                   cfg_scale=cfg_scale)
+            if cot is not None:
+                with atomic_path(out / f"{row.id}.cot.json") as tmp:
+                    Path(tmp).write_text(cot.to_json() + "\n", encoding="utf-8")
+            save_wav(wav, result.audio, result.sample_rate)  # atomic: temp file, then rename
+        except PrismAudioError as e:
+            summary.failed[row.id] = str(e)
+            continue
+        summary.done.append(row.id)
+    return summary
