@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test test-slow bench judges visual-classifier clean
+.PHONY: setup demo test test-slow bench judges visual-classifier train-default clean
 
 # The venv is (re)built whenever pyproject.toml changes. torch is pinned first so pip takes the
 # local CPU wheel (2.13.0) instead of resolving a CUDA build.
@@ -41,6 +41,11 @@ visual-classifier: setup
 	$(BIN)/prismaudio synth --out data/judge_corpus --n 2400 --seed 0 --workers 2 --quiet
 	$(BIN)/python -m prismaudio.cot.train_visual --corpus data/judge_corpus --out models/visual_classifier --train-clips 1000
 	$(BIN)/python benchmarks/bench_cot_offline.py --corpus data/judge_corpus --metrics models/visual_classifier/metrics.json
+
+# Reproduces the shipped default model (models/prismaudio-mini) from nothing: corpus, VAE, foundation,
+# CoT fine-tune (+ the No-CoT ablation), float16 pack, evaluation, training summary. Resumable.
+train-default: setup
+	BIN=$(BIN) bash scripts/train_default.sh
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -13,7 +13,7 @@ the original audio:
 
     python benchmarks/bench_vae.py --model runs/vae_mini/final --corpus data/corpus [--n 240]
 
-Writes runs/bench_vae.json.
+Writes runs/bench_vae.json (or --out); --write DIR keeps the reconstructions.
 """
 
 from __future__ import annotations
@@ -44,9 +44,12 @@ def main() -> int:
     ap.add_argument("--corpus", default=str(ROOT / "data" / "corpus"))
     ap.add_argument("--split", default="test")
     ap.add_argument("--n", type=int, default=0, help="first n clips of the split (0: all)")
+    ap.add_argument("--out", default=str(ROOT / "runs" / "bench_vae.json"), help="result JSON")
+    ap.add_argument("--write", default=None, help="also write each reconstruction as DIR/<id>.wav "
+                    "(to evaluate them like a system with `prismaudio evaluate`)")
     args = ap.parse_args()
 
-    from prismaudio.io.audio import load_audio
+    from prismaudio.io.audio import load_audio, save_wav
     from prismaudio.metrics.groundtruth import _static_windows, detect_onsets
     from prismaudio.metrics.spatial import gcc_phat_itd
     from prismaudio.pipeline import PrismAudioPipeline
@@ -65,6 +68,9 @@ def main() -> int:
             audio, _ = load_audio(corpus / r["audio"], sr, channels=2)
             lat = pipe.vae.encode(audio[None], sample=False)
             rec = pipe.vae.decode(lat)[0, :, : audio.shape[-1]]
+            if args.write:
+                Path(args.write).mkdir(parents=True, exist_ok=True)
+                save_wav(Path(args.write) / f"{r['id']}.wav", rec.clamp(-1, 1), sr)
             stft.append(float(multi_resolution_stft_loss(rec[None], audio[None], [2048, 1024, 512, 256, 128])))
             sdr.append(si_sdr(audio, rec))
             scene = r["scene"]
@@ -85,8 +91,8 @@ def main() -> int:
         "mrstft_distance": float(np.mean(stft)), "si_sdr_db": float(np.mean(sdr)),
     }
     print(json.dumps(out, indent=2))
-    dst = ROOT / "runs" / "bench_vae.json"
-    dst.parent.mkdir(exist_ok=True)
+    dst = Path(args.out)
+    dst.parent.mkdir(parents=True, exist_ok=True)
     dst.write_text(json.dumps(out, indent=2) + "\n")
     return 0
 

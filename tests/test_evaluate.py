@@ -100,6 +100,10 @@ def test_cli_writes_report_and_bad_manifest_is_one_line(setup, tmp_path, capsys)
     data = json.loads(js.read_text())
     assert data["systems"] == ["GT", "mine"] and "onset_ms" not in data["columns"]
     assert "| mine |" in capsys.readouterr().out
+    clips = [json.loads(x) for x in (out.parent / "table.clips.jsonl").read_text().splitlines()]
+    assert sorted({c["system"] for c in clips}) == ["GT", "mine"] and len(clips) == 4
+    mine = [c for c in clips if c["system"] == "mine"]
+    assert data["cells"]["all"]["mine"]["CLAP"]["mean"] == pytest.approx(sum(c["CLAP"] for c in mine) / 2)
     rc = main(["evaluate", "--manifest", str(tmp_path / "nope.jsonl"), "--generated", str(root / "copy"),
                "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err.strip().splitlines()

@@ -22,7 +22,12 @@ from prismaudio.train import state as ckpt
 from prismaudio.train.config import DataConfig, config_from_dict, load_train_config
 from prismaudio.train.data import build_audio_clips, load_rows, render_text
 from prismaudio.train.trainer import train
-from prismaudio.train.vae_stage import VAETrainModel, multi_resolution_stft_loss
+from prismaudio.train.vae_stage import (
+    VAETrainModel,
+    interchannel_phase_loss,
+    multi_resolution_stft_loss,
+    sum_and_difference,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "train" / "tiny_smoke.yaml"
@@ -179,6 +184,26 @@ def test_broken_manifest_rows_are_skipped_and_reported(corpus: Path, tmp_path: P
 
 
 # ------------------------------------------------------------------------------ VAE objective
+def _delayed_pair(src: torch.Tensor, lead: int, shift: int = 0) -> torch.Tensor:
+    """[B, 2, 8000]: the right channel lags the left by `lead` samples; both start `shift` later."""
+    a = 20 + shift
+    return torch.stack([src[:, a : a + 8000], src[:, a - lead : a - lead + 8000]], dim=1)
+
+
+def test_interchannel_phase_loss_sees_which_side_leads_and_only_that() -> None:
+    src = torch.randn(3, 8100, generator=torch.Generator().manual_seed(0))
+    x, sizes = _delayed_pair(src, 4), [512, 256, 128]
+    flipped = _delayed_pair(src, -4)  # the same sound, mirrored to the other side
+    # magnitudes cannot tell the two sides apart: |L - R| and |L + R| are even in the delay ...
+    sd = multi_resolution_stft_loss(sum_and_difference(flipped), sum_and_difference(_delayed_pair(src, 4, shift=4)), sizes)
+    assert float(sd) < 1e-3
+    # ... the inter-channel phase can, and it ignores a delay common to both channels
+    assert float(interchannel_phase_loss(x, x, sizes)) < 1e-6
+    assert float(interchannel_phase_loss(_delayed_pair(src, 4, shift=3), x, sizes)) < 0.05
+    assert float(interchannel_phase_loss(flipped, x, sizes)) > 1.0
+    assert float(interchannel_phase_loss(_delayed_pair(src, 2), x, sizes)) < float(interchannel_phase_loss(flipped, x, sizes))
+
+
 def test_vae_losses_and_gan_gradients_stay_separate() -> None:
     x = torch.randn(2, 2, 4096, generator=torch.Generator().manual_seed(0)) * 0.1
     sizes = [512, 256, 128]

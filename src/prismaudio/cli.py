@@ -306,6 +306,24 @@ def parse_generated(items: list[str]) -> dict[str, str]:
     return out
 
 
+def write_clip_rows(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    """PREFIX.clips.jsonl: one line per (system, clip) with every per-clip value (NaN -> null), for
+    statistics the table does not show (medians, paired differences between systems)."""
+    import json
+    import math
+
+    from .io.files import atomic_path
+
+    def clean(v: Any) -> Any:
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for system, clips in results.items():
+                for clip in clips:
+                    f.write(json.dumps({"system": system, **{k: clean(v) for k, v in clip.items()}}) + "\n")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import logging
 
@@ -328,6 +346,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     report.write(out.parent / (out.name + ".md"), out.parent / (out.name + ".json"))
+    write_clip_rows(results, out.parent / (out.name + ".clips.jsonl"))
     print(report.to_markdown())
     if not args.quiet:
         for line in summary_lines(results):
@@ -461,7 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--bewo-frame-stride", type=int, default=1,
                    help="use every k-th GCC frame of a BEWO window (1 = exact protocol)")
     v.add_argument("--no-gt", action="store_true", help="skip the scene-graph ground-truth measures")
-    v.add_argument("--out", required=True, help="output prefix: writes PREFIX.md and PREFIX.json")
+    v.add_argument("--out", required=True,
+                   help="output prefix: writes PREFIX.md, PREFIX.json and PREFIX.clips.jsonl (per-clip values)")
     v.add_argument("--quiet", action="store_true")
     v.set_defaults(func=cmd_evaluate)
 

@@ -57,6 +57,8 @@ class VAELossConfig:
     crop_seconds: float = 1.0  # random audio crop per item (rounded to whole latent frames)
     stft_sizes: list[int] = field(default_factory=lambda: [2048, 1024, 512, 256, 128])
     stft_weight: float = 1.0
+    stereo_weight: float = 1.0  # MR-STFT of L + R and L - R (stereo only): the stereo width
+    phase_weight: float = 1.0  # inter-channel phase difference loss (stereo only): which side leads
     l1_weight: float = 1.0
     kl_weight: float = 1e-4
     adversarial: bool = False
@@ -125,6 +127,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check(bool(v.stft_sizes) and all(n >= 16 for n in v.stft_sizes), "vae.stft_sizes must be FFT sizes >= 16")
     _check(bool(v.disc_sizes) and all(n >= 16 for n in v.disc_sizes), "vae.disc_sizes must be FFT sizes >= 16")
     _check(v.disc_channels > 0, "vae.disc_channels must be > 0")
+    weights = ("stft_weight", "stereo_weight", "phase_weight", "l1_weight", "kl_weight", "adv_weight", "feature_weight")
+    _check(all(getattr(v, w) >= 0 for w in weights), f"vae loss weights ({', '.join(weights)}) must be >= 0")
     return cfg
 
 

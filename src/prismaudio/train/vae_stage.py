@@ -1,7 +1,10 @@
 """Stage 0: train the Oobleck VAE on random audio crops.
 
 Loss = multi-resolution STFT (spectral convergence + log-magnitude L1) + time-domain L1 + a small
-KL to N(0, 1) (it keeps the latent well scaled for the flow model without blurring the audio), and
+KL to N(0, 1); for stereo also the MR-STFT of the sum and the difference of the channels (as
+stable-audio-tools' stereo VAEs: per-channel magnitudes say nothing about the inter-channel phase,
+i.e. the width of the stereo image, while |L - R| and |L + R| do) and an inter-channel phase
+loss (the sign of the ITD: which channel leads, see `interchannel_phase_loss`) (it keeps the latent well scaled for the flow model without blurring the audio), and
 optionally a hinge GAN with a small multi-scale STFT discriminator plus feature matching.
 
 The GAN needs no second optimizer: the generator's adversarial term is evaluated through the
@@ -31,10 +34,35 @@ from .data import AudioClips, build_audio_clips, load_rows
 DEMO_CLIPS = 2
 
 
-def _stft_mag(x: Tensor, n_fft: int) -> Tensor:
+def _stft(x: Tensor, n_fft: int) -> Tensor:
     window = torch.hann_window(n_fft, device=x.device, dtype=x.dtype)
     spec = torch.stft(x.reshape(-1, x.shape[-1]), n_fft, hop_length=n_fft // 4, window=window, return_complex=True)
-    return spec.abs().clamp_min(MAG_FLOOR)
+    return spec.view(*x.shape[:-1], *spec.shape[-2:])
+
+
+def _stft_mag(x: Tensor, n_fft: int) -> Tensor:
+    return _stft(x, n_fft).abs().clamp_min(MAG_FLOOR)
+
+
+def interchannel_phase_loss(pred: Tensor, target: Tensor, sizes: list[int]) -> Tensor:
+    """Mean over FFT sizes of |u_pred - u_target| weighted by the target's cross-spectrum magnitude,
+    where u = L·conj(R) / |L·conj(R)| is the inter-channel phase difference of each time-frequency bin.
+
+    Which channel leads (the sign of the ITD, i.e. left or right) lives only in this phase: no
+    magnitude loss sees it, not even one on L + R and L - R (|1 - e^{-iωd}| is even in the delay d).
+    The loss ignores each channel's absolute phase, which a short-trained decoder cannot match yet."""
+    losses = []
+    for n in sizes:
+        if n > target.shape[-1]:
+            continue
+        t, p = _stft(target.float(), n), _stft(pred.float(), n)
+        ct, cp = t[:, 0] * t[:, 1].conj(), p[:, 0] * p[:, 1].conj()
+        w = ct.abs()
+        ut, up = ct / w.clamp_min(MAG_FLOOR**2), cp / cp.abs().clamp_min(MAG_FLOOR**2)
+        losses.append((w * (ut - up).abs()).sum() / w.sum().clamp_min(MAG_FLOOR**2))
+    if not losses:
+        raise PrismAudioError(f"every vae.stft_sizes entry exceeds the crop length {target.shape[-1]}")
+    return torch.stack(losses).mean()
 
 
 MAG_FLOOR = 1e-5  # ~ -100 dB: below it log-magnitude differences are inaudible and only add noise
@@ -56,6 +84,11 @@ def multi_resolution_stft_loss(pred: Tensor, target: Tensor, sizes: list[int]) -
     if not losses:
         raise PrismAudioError(f"every vae.stft_sizes entry exceeds the crop length {target.shape[-1]}")
     return torch.stack(losses).mean()
+
+
+def sum_and_difference(x: Tensor) -> Tensor:
+    """[B, 2, S] left/right -> [B, 2, S] (L + R, L - R)."""
+    return torch.stack([x[:, 0] + x[:, 1], x[:, 0] - x[:, 1]], dim=1)
 
 
 def kl_to_standard_normal(mean: Tensor, std: Tensor) -> Tensor:
@@ -128,6 +161,14 @@ class VAETrainModel(nn.Module):
         kl = kl_to_standard_normal(mean, std)
         loss = c.stft_weight * stft + c.l1_weight * l1 + c.kl_weight * kl
         logs = {"stft": stft.detach(), "l1": l1.detach(), "kl": kl.detach()}
+        if c.stereo_weight > 0 and x.shape[1] == 2:
+            sd = multi_resolution_stft_loss(sum_and_difference(recon), sum_and_difference(x), c.stft_sizes)
+            loss = loss + c.stereo_weight * sd
+            logs["stft_sd"] = sd.detach()
+        if c.phase_weight > 0 and x.shape[1] == 2:
+            ipd = interchannel_phase_loss(recon, x, c.stft_sizes)
+            loss = loss + c.phase_weight * ipd
+            logs["ipd"] = ipd.detach()
         if self.disc is not None:
             d_loss, g_loss, fm = self._adversarial(x, recon)
             loss = loss + d_loss + c.adv_weight * g_loss + c.feature_weight * fm
