@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test test-slow bench judges visual-classifier train-default clean
+.PHONY: setup demo test test-slow bench judges visual-classifier train-default grpo-default clean
 
 # The venv is (re)built whenever pyproject.toml changes. torch is pinned first so pip takes the
 # local CPU wheel (2.13.0) instead of resolving a CUDA build.
@@ -46,6 +46,11 @@ visual-classifier: setup
 # CoT fine-tune (+ the No-CoT ablation), float16 pack, evaluation, training summary. Resumable.
 train-default: setup
 	BIN=$(BIN) bash scripts/train_default.sh
+
+# Fast-GRPO post-training of the trained default (needs `make train-default` first) with the before/after
+# evaluation; ABLATIONS="semantic temporal aesthetic spatial nokl" adds the single-reward / no-KL runs.
+grpo-default: setup
+	BIN=$(BIN) bash scripts/post_train_default.sh
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
