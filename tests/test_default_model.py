@@ -1,0 +1,49 @@
+"""The shipped offline default `models/prismaudio-mini`: size budget, format, and that it is used."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+from safetensors import safe_open
+
+from prismaudio.cli import default_model_dir
+from prismaudio.cli import main as cli_main
+from prismaudio.pipeline import PrismAudioPipeline
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = REPO / "models" / "prismaudio-mini"
+EXAMPLE = REPO / "examples" / "example.mp4"
+
+
+def test_everything_shipped_under_models_fits_the_25_mb_budget() -> None:
+    total = sum(p.stat().st_size for p in (REPO / "models").rglob("*") if p.is_file())
+    assert total <= 25 * 2**20, f"models/ holds {total / 2**20:.1f} MB"
+
+
+def test_default_model_is_the_packed_mini_with_its_training_summary(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PRISMAUDIO_MODEL", raising=False)
+    assert default_model_dir() == MODEL
+    cfg = json.loads((MODEL / "config.json").read_text())
+    assert cfg["preset"] == "mini" and cfg["encoders"]["text"]["name"] == "minilm"
+    with safe_open(str(MODEL / "model.safetensors"), "pt") as f:  # float16 on disk
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}  # noqa: SIM118
+    assert (MODEL / "training_summary.png").stat().st_size > 1000
+    summary = json.loads((MODEL / "metrics.json").read_text())
+    assert {"vae", "table", "targets", "cot_claim", "wall_clock"} <= set(summary)
+    pipe = PrismAudioPipeline.from_pretrained(MODEL)
+    assert all(p.dtype == torch.float32 for p in pipe.parameters())
+
+
+def test_make_demo_command_uses_the_trained_default(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PRISMAUDIO_MODEL", raising=False)
+    assert cli_main(["generate", str(EXAMPLE), "--out", str(tmp_path), "--quiet", "--steps", "8"]) == 0
+    assert "randomly initialised" not in capsys.readouterr().err
+    audio, sr = sf.read(tmp_path / "example.wav")
+    assert sr == 16000 and audio.ndim == 2 and audio.shape[1] == 2
+    rms = float((audio**2).mean() ** 0.5)
+    assert 1e-3 < rms < 0.7  # a trained model makes sound, neither silence nor clipped noise
