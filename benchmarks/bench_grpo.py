@@ -1,7 +1,7 @@
 """Fast-GRPO vs Flow-GRPO: wall-clock per iteration (sampling / reward / policy update), policy NFE
 per sample, and reward-versus-wall-clock curves.
 
-    python benchmarks/bench_grpo.py [--iters 5] [--group 16] [--steps 24] [--window 2]
+    python benchmarks/bench_grpo.py [--iters 5] [--flow-iters N] [--group 16] [--steps 24] [--window 2]
                                     [--rewards loudness] [--model DIR|mini] [--corpus DIR]
 
 Both runs use the `mini` model (models/prismaudio-mini when it exists, else random `mini` weights:
@@ -11,7 +11,10 @@ steps, so each runs one optimizer step per chunk of `--group` rows); they differ
 sampler (Fast: shared ODE prefix + SDE window of w; Flow: SDE at all T steps, own noise per member)
 and hence in the window steps trained on (w vs T). Sampling time includes the VAE decode.
 Rewards default to the four paper rewards when the offline judges exist under models/judges,
-else `loudness`. Writes runs/bench_grpo.json and runs/bench_grpo.png.
+else `loudness`. `--flow-iters` gives Flow-GRPO its own iteration count (its iterations are ~5x
+longer), and the summary reports when Fast-GRPO's reward (mean of the last `--smooth` iterations)
+first reaches Flow-GRPO's final one, in wall-clock seconds of each.
+Writes runs/bench_grpo.json and runs/bench_grpo.png.
 """
 
 from __future__ import annotations
@@ -58,24 +61,25 @@ def run_mode(mode: str, args: argparse.Namespace, manifest: Path, model: str, re
     from prismaudio.rl.trainer import GRPOTrainer
 
     window = args.steps if mode == "flow" else args.window
+    iters = args.flow_iters if mode == "flow" and args.flow_iters else args.iters
     cfg = grpo_config_from_dict({
         "model": model, "text": "cot", "seed": args.seed,
         "data": {"manifest": str(manifest), "split": None, "cache_dir": str(manifest.parent / "cache")},
         "sampler": {"mode": mode, "steps": args.steps, "window": window},
         "rewards": {r: OFFICIAL_WEIGHTS.get(r, 1.0) for r in rewards},
         "group_size": args.group, "prompts_per_iter": args.prompts, "micro_batch": args.group,
-        "grad_accum": window, "iterations": args.iters, "checkpoint_every": 10**6,
+        "grad_accum": window, "iterations": iters, "checkpoint_every": 10**6,
     })
     with tempfile.TemporaryDirectory(prefix=f"bench-grpo-{mode}-") as out:
         tr = GRPOTrainer(cfg, out, log=lambda _m: None)
         records, clock = [], 0.0
-        for i in range(args.iters):
+        for i in range(iters):
             t0 = time.perf_counter()
             rec = tr.iteration()
             clock += time.perf_counter() - t0
             rec["wall_clock"] = clock
             records.append(rec)
-            print(f"{mode} iter {i + 1}/{args.iters}: reward {rec['reward']:.4g}  sampling {rec['time_sampling']:.2f}s "
+            print(f"{mode} iter {i + 1}/{iters}: reward {rec['reward']:.4g}  sampling {rec['time_sampling']:.2f}s "
                   f"reward {rec['time_reward']:.2f}s update {rec['time_update']:.2f}s  policy NFE/sample "
                   f"{rec['nfe_policy_per_sample']:.3g}", flush=True)
 
@@ -92,6 +96,22 @@ def run_mode(mode: str, args: argparse.Namespace, manifest: Path, model: str, re
         "curve": {"wall_clock": [r["wall_clock"] for r in records], "reward": [r["reward"] for r in records]},
         "iterations": records,
     }
+
+
+def smoothed(rewards: list[float], k: int) -> list[float]:
+    """Trailing mean over the last k iterations (single-iteration rewards are noisy: one prompt)."""
+    return [statistics.fmean(rewards[max(0, i + 1 - k) : i + 1]) for i in range(len(rewards))]
+
+
+def time_to_reach(fast: dict[str, Any], flow: dict[str, Any], k: int) -> dict[str, Any]:
+    """Wall clock at which Fast-GRPO's smoothed reward first reaches Flow-GRPO's final smoothed reward."""
+    target = smoothed(flow["curve"]["reward"], k)[-1]
+    flow_time = flow["curve"]["wall_clock"][-1]
+    fast_r = smoothed(fast["curve"]["reward"], k)
+    hit = next((t for t, r in zip(fast["curve"]["wall_clock"], fast_r) if r >= target), None)
+    return {"flow_final_reward": target, "flow_wall_clock": flow_time, "fast_wall_clock_to_reach": hit,
+            "fast_final_reward": fast_r[-1], "smooth": k,
+            "reached_faster": hit is not None and hit < flow_time}
 
 
 def plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -118,6 +138,8 @@ def plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--flow-iters", type=int, default=None, help="Flow-GRPO iterations (default: --iters)")
+    p.add_argument("--smooth", type=int, default=3, help="trailing mean for the time-to-reach comparison")
     p.add_argument("--group", type=int, default=16)
     p.add_argument("--steps", type=int, default=24)
     p.add_argument("--window", type=int, default=2)
@@ -144,9 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     manifest = ensure_corpus(Path(args.corpus), args.corpus_size)
     results = [run_mode(m, args, manifest, model, rewards) for m in args.modes]
     summary = {r["mode"]: {k: r[k] for k in ("seconds_per_iteration", "policy_nfe_per_sample")} for r in results}
-    if len(results) == 2:
-        f, s = results[0]["seconds_per_iteration"]["total"], results[1]["seconds_per_iteration"]["total"]
+    by_mode = {r["mode"]: r for r in results}
+    if len(by_mode) == 2:
+        f, s = by_mode["fast"]["seconds_per_iteration"]["total"], by_mode["flow"]["seconds_per_iteration"]["total"]
         summary["speedup_fast_over_flow"] = s / f
+        summary["time_to_flow_final_reward"] = time_to_reach(by_mode["fast"], by_mode["flow"], args.smooth)
     out = {"model": model, "trained_weights": trained, "note": note, "rewards": rewards,
            "device": "cuda" if torch.cuda.is_available() else "cpu", "threads": args.threads,
            "summary": summary, "runs": results}

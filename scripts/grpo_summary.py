@@ -1,17 +1,23 @@
 """Before/after summary of Fast-GRPO post-training (written by `scripts/post_train_default.sh`).
 
-    python scripts/grpo_summary.py --out runs/grpo_default
+    python scripts/grpo_summary.py --out runs/grpo_default [--ship models/prismaudio-mini]
 
 Reads OUT/eval/rewards.json (mean test-split rewards, `benchmarks/score_rewards.py`), OUT/eval/table.json
 (`prismaudio evaluate`) and each run's metrics.jsonl; writes OUT/summary.json, where every issue target
 (each reward dimension up, weighted total +10 % relative, FD no more than 10 % worse) sits next to the
-measured value, and OUT/reward_curves.png (training reward per iteration, every run).
+measured value; the ablations it finds (only_<reward>, nokl, multi_short: `ABLATIONS=...`) go into
+OUT/summary.json["ablations"] with the paper's directions checked (Table 4: a single reward raises its
+own dimension and trades others away; Table 12: without the KL term the policy drifts further from the
+reference, measured as the relative L2 distance of the DiT weights from OUT/base); and OUT/reward_curves.png (training reward per iteration, every run). `--ship DIR` records
+the summary as DIR/metrics.json["post_training"] and the curves as DIR/grpo_summary.png, beside the
+shipped model.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,11 +49,57 @@ def curves(out: Path, runs: list[str]) -> None:
     plt.close(fig)
 
 
+def weight_drift(base: Path, model: Path) -> float | None:
+    """||theta - theta_base|| / ||theta_base|| over the DiT weights (the KL term's job is to bound this drift)."""
+    from safetensors.torch import load_file
+
+    a_path, b_path = model / "model.safetensors", base / "model.safetensors"
+    if not (a_path.is_file() and b_path.is_file()):
+        return None
+    a, b = load_file(str(a_path)), load_file(str(b_path))
+    keys = [k for k in b if k in a and a[k].shape == b[k].shape and b[k].is_floating_point()]
+    num = sum(float((a[k].double() - b[k].double()).pow(2).sum()) for k in keys)
+    den = sum(float(b[k].double().pow(2).sum()) for k in keys)
+    return (num / den) ** 0.5 if den else None
+
+
+def ablations(out: Path, rewards: dict[str, dict[str, float]], cells: dict[str, Any]) -> dict[str, Any]:
+    """Test-split change of every reward dimension against `before`, per ablation run (paper Tables 4, 12)."""
+    before = rewards["before"]
+    fd_b = cells.get("before", {}).get("FD", {}).get("mean")
+    res: dict[str, Any] = {}
+    for name, r in rewards.items():
+        if not (name.startswith("only_") or name in ("nokl", "multi_short")):
+            continue
+        delta = {d: r[d] - before[d] for d in (*DIMENSIONS, "total")}
+        fd = cells.get(name, {}).get("FD", {}).get("mean")
+        rows = read_jsonl(out / name / "metrics.jsonl")
+        entry: dict[str, Any] = {"delta_vs_before": delta, "fd": fd,
+                                 "fd_relative_change": None if fd is None or not fd_b else (fd - fd_b) / fd_b,
+                                 "weight_drift": weight_drift(out / "base", out / name / "final"),
+                                 "iterations": len(rows)}
+        if name.startswith("only_"):
+            own = name[len("only_"):]
+            others = [d for d in DIMENSIONS if d != own]
+            entry["own_dimension_improves"] = delta[own] > 0
+            entry["others_that_drop"] = [d for d in others if delta[d] < 0]
+        res[name] = entry
+    ref, nokl = res.get("multi_short"), res.get("nokl")
+    if ref and nokl and ref["weight_drift"] is not None and nokl["weight_drift"] is not None:
+        nokl["drifts_further_than_with_kl"] = nokl["weight_drift"] > ref["weight_drift"]
+        if ref["fd"] is not None and nokl["fd"] is not None:
+            nokl["fd_worse_than_with_kl"] = nokl["fd"] > ref["fd"]
+    return res
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="runs/grpo_default")
+    ap.add_argument("--ship", default=None, help="shipped model directory to record the summary in")
     args = ap.parse_args()
     out = Path(args.out)
+    if args.ship:
+        return ship(out, Path(args.ship))
     rewards = json.loads((out / "eval" / "rewards.json").read_text())["systems"]
     table = json.loads((out / "eval" / "table.json").read_text())
     cells = table["cells"].get("all", {})
@@ -71,13 +123,28 @@ def main() -> int:
                           "seconds_per_iteration": (sum(r.get("time_sampling", 0) + r.get("time_reward", 0)
                                                         + r.get("time_update", 0) for r in rows) / len(rows))
                           if rows else None,
-                          "finished": s.is_file()}
+                          "finished": s.is_file(), "weight_drift": weight_drift(out / "base", out / name / "final")}
     curves(out, runs)
     summary = {"rewards_test": rewards, "table_all": {sys: {m: st.get("mean") for m, st in row.items()}
                                                       for sys, row in cells.items()},
-               "targets": targets, "training": training}
+               "targets": targets, "ablations": ablations(out, rewards, cells), "training": training}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(targets, indent=1))
+    return 0
+
+
+def ship(out: Path, model: Path) -> int:
+    """Record OUT/summary.json as model/metrics.json["post_training"] (written atomically)."""
+    summary = json.loads((out / "summary.json").read_text())
+    path = model / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    metrics["post_training"] = {"algorithm": "Fast-GRPO", "command": "make grpo-default",
+                                "config": "configs/grpo/fast_grpo_mini.yaml", **summary}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(metrics, indent=1) + "\n")
+    tmp.replace(path)
+    shutil.copyfile(out / "reward_curves.png", model / "grpo_summary.png")
+    print(f"recorded the post-training summary in {path}")
     return 0
 
 

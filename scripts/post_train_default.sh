@@ -1,27 +1,47 @@
 #!/usr/bin/env bash
 # Fast-GRPO post-training of the default model (`make grpo-default`), issue 7 / paper §3.3.2:
-#   base = the CoT fine-tune exported by `make train-default` (runs/cot_mini/final)
+#   base = the shipped CoT model packed by `make train-default` (models/prismaudio-mini)
 #   -> multi-reward Fast-GRPO (configs/grpo/fast_grpo_mini.yaml, the official reward mix)
 #   -> optional ablations from the same base: each reward alone, and no KL (paper Tables 4 and 12)
 #   -> generation on the test split + `prismaudio evaluate` + mean rewards, before vs after
-#   -> runs/grpo_default/summary.json (targets stated next to the measured values).
-# Knobs (environment): ITERS (multi-reward run, default 300), ABLATIONS ("semantic temporal aesthetic
-# spatial nokl" or a subset; default none), ABL_ITERS (default = ITERS), LIMIT (test clips, default all).
+#   -> runs/grpo_default/summary.json (targets stated next to the measured values)
+#   -> SHIP=1 (default): the post-trained model packed over models/prismaudio-mini, keeping the base's
+#      metrics.json (plus a "post_training" section) and training_summary.png, adding grpo_summary.png.
+# Knobs (environment):
+#   ITERS      multi-reward run (default 300)
+#   ABLATIONS  any of "semantic temporal aesthetic spatial nokl short" (default none): each reward alone,
+#              no KL, and `short` = the multi-reward run on the ablations' budget (a like-for-like reference)
+#   ABL_ITERS  iterations of each ablation (default ITERS)
+#   ABL_CLIPS  ablations draw prompts from the first ABL_CLIPS train clips (default all): start-up encodes
+#              every clip's condition, and a short run sees only 2 x ABL_ITERS prompts anyway
+#   LIMIT      test clips to generate and evaluate (default all)
+#   BASE       model to post-train (default models/prismaudio-mini); SHIP_TO (default models/prismaudio-mini)
 # Every step is resumable: finished runs/generations are skipped, a killed run resumes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 PA="$BIN/prismaudio"
 CORPUS=data/corpus
-BASE=${BASE:-runs/cot_mini/final}
+BASE=${BASE:-models/prismaudio-mini}
+SHIP=${SHIP:-1}
+SHIP_TO=${SHIP_TO:-models/prismaudio-mini}
 ITERS=${ITERS:-300}
 ABL_ITERS=${ABL_ITERS:-$ITERS}
 ABLATIONS=${ABLATIONS:-}
+ABL_CLIPS=${ABL_CLIPS:-}
 LIMIT=${LIMIT:-}
 OUT=runs/grpo_default
 EVAL=$OUT/eval
 mkdir -p "$EVAL"
 [ -f "$BASE/config.json" ] || { echo "post_train_default: $BASE not found: run 'make train-default' first" >&2; exit 2; }
+if [ ! -f "$OUT/base/config.json" ]; then  # a copy: shipping replaces models/prismaudio-mini at the end
+    if grep -q '"post_training"' "$BASE/metrics.json" 2>/dev/null; then
+        echo "post_train_default: $BASE is already post-trained; run 'make train-default' for the CoT base, or set BASE" >&2
+        exit 2
+    fi
+    rm -rf "$OUT/base.tmp" && cp -r "$BASE" "$OUT/base.tmp" && mv "$OUT/base.tmp" "$OUT/base"
+fi
+BASE=$OUT/base
 stamp() { date +%s >"$OUT/$1.time"; }
 
 grpo_run() {  # grpo_run NAME ITERATIONS [--set ...]
@@ -51,10 +71,13 @@ for abl in $ABLATIONS; do
             for k in semantic temporal aesthetic spatial; do
                 [ "$k" = "$abl" ] && sets+=(--set "rewards.$k=1.0") || sets+=(--set "rewards.$k=0.0")
             done
-            grpo_run "only_$abl" "$ABL_ITERS" "${sets[@]}"
+            grpo_run "only_$abl" "$ABL_ITERS" "${sets[@]}" ${ABL_CLIPS:+--set "data.limit=$ABL_CLIPS"}
             systems+=("only_$abl=$OUT/only_$abl/final") ;;
+        short)
+            grpo_run multi_short "$ABL_ITERS" ${ABL_CLIPS:+--set "data.limit=$ABL_CLIPS"}
+            systems+=("multi_short=$OUT/multi_short/final") ;;
         nokl)
-            grpo_run nokl "$ABL_ITERS" --set loss.beta=0.0
+            grpo_run nokl "$ABL_ITERS" --set loss.beta=0.0 ${ABL_CLIPS:+--set "data.limit=$ABL_CLIPS"}
             systems+=("nokl=$OUT/nokl/final") ;;
         *) echo "post_train_default: unknown ablation '$abl'" >&2; exit 2 ;;
     esac
@@ -72,4 +95,13 @@ done
     --out "$EVAL/rewards.json" >"$EVAL/rewards.stdout"
 stamp eval
 "$BIN/python" scripts/grpo_summary.py --out "$OUT"
+if [ "$SHIP" = 1 ]; then
+    keep=$(mktemp -d)
+    cp "$BASE/metrics.json" "$BASE/training_summary.png" "$keep/" 2>/dev/null || true
+    "$BIN/python" scripts/pack_model.py "$OUT/multi/final" "$SHIP_TO"
+    cp "$keep"/* "$SHIP_TO/" 2>/dev/null || true
+    rm -rf "$keep"
+    "$BIN/python" scripts/grpo_summary.py --out "$OUT" --ship "$SHIP_TO"
+    echo "== shipped: $SHIP_TO"
+fi
 echo "== done: $OUT/multi/final (summary: $OUT/summary.json)"

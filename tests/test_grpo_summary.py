@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+from safetensors.torch import save_file
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "grpo_summary.py"
 
 
@@ -35,10 +38,50 @@ def test_targets_met_and_missed(tmp_path: Path) -> None:
     assert all(t[f"{d}_improves"]["met"] for d in ("semantic", "temporal", "aesthetic", "spatial"))
     assert abs(t["total_relative_gain"]["value"] - 0.12) < 1e-9 and t["total_relative_gain"]["met"]
     assert abs(t["fd_relative_change"]["value"] - 0.05 / 0.60) < 1e-9 and t["fd_relative_change"]["met"]
-    assert s["training"]["multi"] == {"iterations": 4, "seconds_per_iteration": 2.0, "finished": False}
+    assert s["training"]["multi"] == {"iterations": 4, "seconds_per_iteration": 2.0, "finished": False,
+                                      "weight_drift": None}
     assert (tmp_path / "good" / "reward_curves.png").stat().st_size > 1000
 
     bad = {**good, "spatial": -0.6, "total": 0.54}  # spatial down, +8 % total, FD +20 %
     t = _summary(_make(tmp_path / "bad", before, bad, (0.60, 0.72)))["targets"]
     assert not t["spatial_improves"]["met"] and t["semantic_improves"]["met"]
     assert not t["total_relative_gain"]["met"] and not t["fd_relative_change"]["met"]
+
+
+def test_ablation_directions_and_ship(tmp_path: Path) -> None:
+    before = {"semantic": 0.4, "temporal": 0.5, "aesthetic": 0.7, "spatial": -0.5, "total": 0.5}
+    after = {"semantic": 0.45, "temporal": 0.55, "aesthetic": 0.72, "spatial": -0.45, "total": 0.56}
+    out = _make(tmp_path / "abl", before, after, (0.60, 0.62))
+    systems = {"before": before, "after": after,
+               "only_semantic": {**before, "semantic": 0.5, "temporal": 0.45, "total": 0.52},
+               "multi_short": {**before, "semantic": 0.42, "total": 0.51},
+               "nokl": {**before, "semantic": 0.44, "total": 0.53}}
+    (out / "eval" / "rewards.json").write_text(json.dumps({"systems": systems}))
+    cells = {"all": {"before": {"FD": {"mean": 0.60}}, "after": {"FD": {"mean": 0.62}},
+                     "multi_short": {"FD": {"mean": 0.61}}, "nokl": {"FD": {"mean": 0.70}}}}
+    (out / "eval" / "table.json").write_text(json.dumps({"cells": cells}))
+    (out / "base").mkdir()
+    save_file({"w": torch.ones(4, 4)}, str(out / "base" / "model.safetensors"))
+    for name, step in (("multi_short", 0.1), ("nokl", 0.3)):  # drift = step (relative L2)
+        (out / name / "final").mkdir(parents=True)
+        save_file({"w": torch.full((4, 4), 1.0 + step)}, str(out / name / "final" / "model.safetensors"))
+        rows = [{"iteration": i + 1, "reward": 0.5, "kl": 0.0} for i in range(6)]
+        (out / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    abl = _summary(out)["ablations"]
+    assert set(abl) == {"only_semantic", "multi_short", "nokl"}
+    sem = abl["only_semantic"]
+    assert sem["own_dimension_improves"] and sem["others_that_drop"] == ["temporal"]
+    assert abs(sem["delta_vs_before"]["semantic"] - 0.1) < 1e-9
+    assert abs(abl["nokl"]["weight_drift"] - 0.3) < 1e-6 and abs(abl["multi_short"]["weight_drift"] - 0.1) < 1e-6
+    assert abl["nokl"]["drifts_further_than_with_kl"] and abl["nokl"]["fd_worse_than_with_kl"]
+    assert abs(abl["nokl"]["fd_relative_change"] - 0.1 / 0.6) < 1e-9
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "metrics.json").write_text(json.dumps({"table": {"kept": 1}}))
+    subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--ship", str(model)], check=True,
+                   capture_output=True)
+    shipped = json.loads((model / "metrics.json").read_text())
+    assert shipped["table"] == {"kept": 1}  # the base model's own record survives
+    assert shipped["post_training"]["targets"]["semantic_improves"]["met"]
+    assert (model / "grpo_summary.png").stat().st_size > 1000
