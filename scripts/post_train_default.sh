@@ -10,7 +10,8 @@
 # Knobs (environment):
 #   ITERS      multi-reward run (default 300)
 #   ABLATIONS  any of "semantic temporal aesthetic spatial nokl short" (default none): each reward alone,
-#              no KL, and `short` = the multi-reward run on the ablations' budget (a like-for-like reference)
+#              no KL, and `short` = the multi-reward run's checkpoint at ABL_ITERS, exported (same seed and
+#              prompts as the ablations: their like-for-like reference; trained afresh if it was pruned)
 #   ABL_ITERS  iterations of each ablation (default ITERS)
 #   ABL_CLIPS  ablations draw prompts from the first ABL_CLIPS train clips (default all): start-up encodes
 #              every clip's condition, and a short run sees only 2 x ABL_ITERS prompts anyway
@@ -62,7 +63,7 @@ generate() {  # generate NAME MODEL
 }
 
 stamp start
-grpo_run multi "$ITERS"
+grpo_run multi "$ITERS" --set keep_last=1000  # keep every checkpoint: `short` exports one
 declare -a systems=("before=$BASE" "after=$OUT/multi/final")
 for abl in $ABLATIONS; do
     case $abl in
@@ -74,6 +75,13 @@ for abl in $ABLATIONS; do
             grpo_run "only_$abl" "$ABL_ITERS" "${sets[@]}" ${ABL_CLIPS:+--set "data.limit=$ABL_CLIPS"}
             systems+=("only_$abl=$OUT/only_$abl/final") ;;
         short)
+            step=$OUT/multi/checkpoints/$(printf 'step-%08d' "$ABL_ITERS")
+            if [ -z "$ABL_CLIPS" ] && [ -d "$step" ] && [ ! -f "$OUT/multi_short/final/config.json" ]; then
+                echo "== multi_short: multi's checkpoint at iteration $ABL_ITERS"
+                mkdir -p "$OUT/multi_short"
+                head -n "$ABL_ITERS" "$OUT/multi/metrics.jsonl" >"$OUT/multi_short/metrics.jsonl"
+                "$BIN/python" scripts/export_checkpoint.py "$step" --base "$BASE" --out "$OUT/multi_short/final"
+            fi
             grpo_run multi_short "$ABL_ITERS" ${ABL_CLIPS:+--set "data.limit=$ABL_CLIPS"}
             systems+=("multi_short=$OUT/multi_short/final") ;;
         nokl)
