@@ -8,13 +8,14 @@
 #   -> SHIP=1 (default): the post-trained model packed over models/prismaudio-mini, keeping the base's
 #      metrics.json (plus a "post_training" section) and training_summary.png, adding grpo_summary.png.
 # Knobs (environment):
-#   ITERS      multi-reward run (default 300)
-#   ABLATIONS  any of "semantic temporal aesthetic spatial nokl short" (default none): each reward alone,
-#              no KL, and `short` = the multi-reward run's checkpoint at ABL_ITERS, exported (same seed and
-#              prompts as the ablations: their like-for-like reference; trained afresh if it was pruned)
-#   ABL_ITERS  iterations of each ablation (default ITERS)
-#   ABL_CLIPS  ablations draw prompts from the first ABL_CLIPS train clips (default all): start-up encodes
-#              every clip's condition, and a short run sees only 2 x ABL_ITERS prompts anyway
+#   ITERS      multi-reward run (default 100)
+#   ABLATIONS  any of "short semantic temporal aesthetic spatial nokl" (default all; "" for none): each
+#              reward alone, no KL, and `short` = the multi-reward mix on the ablations' budget, their
+#              like-for-like reference (exported from multi's checkpoint at ABL_ITERS when ABL_CLIPS is ""
+#              and that checkpoint exists: the same prompts; else trained like the others)
+#   ABL_ITERS  iterations of each ablation (default 12)
+#   ABL_CLIPS  ablations draw prompts from the first ABL_CLIPS train clips (default 320; "" = all):
+#              start-up encodes every clip's condition, and a short run sees only 2 x ABL_ITERS prompts
 #   LIMIT      test clips to generate and evaluate (default all)
 #   BASE       model to post-train (default models/prismaudio-mini); SHIP_TO (default models/prismaudio-mini)
 # Every step is resumable: finished runs/generations are skipped, a killed run resumes.
@@ -26,10 +27,10 @@ CORPUS=data/corpus
 BASE=${BASE:-models/prismaudio-mini}
 SHIP=${SHIP:-1}
 SHIP_TO=${SHIP_TO:-models/prismaudio-mini}
-ITERS=${ITERS:-300}
-ABL_ITERS=${ABL_ITERS:-$ITERS}
-ABLATIONS=${ABLATIONS:-}
-ABL_CLIPS=${ABL_CLIPS:-}
+ITERS=${ITERS:-100}
+ABL_ITERS=${ABL_ITERS:-12}
+ABLATIONS=${ABLATIONS-short semantic temporal aesthetic spatial nokl}
+ABL_CLIPS=${ABL_CLIPS-320}
 LIMIT=${LIMIT:-}
 OUT=runs/grpo_default
 EVAL=$OUT/eval
