@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
            "summary": summary, "runs": results}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
-    plot(results, Path(args.png), f"{model} ({'trained' if trained else 'random'}), T={args.steps}, "
+    plot(results, Path(args.png), f"{Path(model).name} ({'trained' if trained else 'random'}), T={args.steps}, "
          f"G={args.group}, rewards {'+'.join(rewards)}")
     print(json.dumps(summary, indent=1))
     print(f"wrote {args.json} and {args.png}")
