@@ -15,7 +15,7 @@ import sys
 
 from prismaudio.errors import PrismAudioError
 from prismaudio.pipeline import PrismAudioPipeline
-from prismaudio.train import state as ckpt
+from prismaudio.harness import checkpoint as ckpt
 
 
 def export(checkpoint: str, base: str, out: str) -> None:

@@ -18,7 +18,7 @@ from prismaudio.config import preset
 from prismaudio.data.manifest import ManifestRow, read_manifest
 from prismaudio.errors import PrismAudioError
 from prismaudio.pipeline import PrismAudioPipeline
-from prismaudio.train import state as ckpt
+from prismaudio.harness import checkpoint as ckpt
 from prismaudio.train.config import DataConfig, config_from_dict, load_train_config
 from prismaudio.train.data import build_audio_clips, load_rows, render_text
 from prismaudio.train.trainer import train
@@ -290,7 +290,7 @@ def test_stft_loss_is_not_swamped_by_a_silent_crop() -> None:
 
 
 def test_ema_warmup_forgets_the_random_init_in_a_short_run() -> None:
-    from prismaudio.train.trainer import EMA
+    from prismaudio.harness import EMA
 
     lin = torch.nn.Linear(4, 4)
     ema = EMA(lin, 0.999, warmup=True)

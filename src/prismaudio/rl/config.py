@@ -4,27 +4,26 @@ Defaults are the paper's (Appendix D) and the official code's (official_network.
 sampling steps, an SDE window of w = 2, group size 16, noise level 0.7, KL weight β = 0.04,
 lr 1e-5 (AdamW, wd 1e-4, grad-clip 1), clip range 1e-4, advantage clip 5, CFG 5 in rollouts and in
 the training forward, EMA decay min((1 + s)/(10 + s), 0.9). Unknown keys fail with their dotted
-path, `--set a.b=c` overrides are type-checked (shared machinery with `train/config.py`).
+path, `--set a.b=c` overrides are type-checked (the run harness's loader, as `train/config.py`).
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import apply_overrides, from_dict
-from ..errors import PrismAudioError
-from ..train.config import (
+from ..harness.config import (
     DataConfig,
     OptimConfig,
-    _deep_merge,
-    _is_preset,
-    _resolve,
-    _yaml_float,
+    checker,
+    config_from_mapping,
+    load_run_config,
+    validate_data,
+    validate_optim,
 )
 
 MODES = ("fast", "flow")
@@ -71,7 +70,7 @@ class LossConfig:
 class GRPOConfig:
     """Everything one `prismaudio grpo` run needs; saved inside every checkpoint."""
 
-    stage: str = "grpo"  # fixed: lets `train/state.py` refuse a checkpoint of another stage
+    stage: str = "grpo"  # fixed: lets the harness (`harness/checkpoint.py`) refuse a checkpoint of another stage
     algorithm: str = "grpo"  # grpo | sft | rwr | dpo (preference.py, on the same sampled groups)
     model: str = "mini"  # a preset name (random weights), or a model directory (the CoT stage export)
     out_dir: str = "runs/grpo"
@@ -108,10 +107,12 @@ class GRPOConfig:
         chunks = -(-self.prompts_per_iter * self.group_size // self.micro_batch)
         return self.inner_epochs * self.sampler.effective_window() * chunks
 
+    def optimizer_steps(self) -> int:
+        """Optimizer steps of the whole run: the length of a cosine `optim.schedule`."""
+        return self.iterations * self.micro_steps_per_iteration() // self.grad_accum
 
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise PrismAudioError(f"grpo config: {message}")
+
+_check = checker("grpo config")
 
 
 def validate(cfg: GRPOConfig) -> GRPOConfig:
@@ -123,7 +124,10 @@ def validate(cfg: GRPOConfig) -> GRPOConfig:
     _check(cfg.algorithm in ALGORITHMS, f"algorithm must be one of {', '.join(ALGORITHMS)}")
     _check(s.mode in MODES, f"sampler.mode must be one of {', '.join(MODES)}, got {s.mode!r}")
     _check(cfg.text in TEXTS, f"text must be one of {', '.join(TEXTS)}")
-    _check(bool(cfg.data.manifest), "data.manifest is required")
+    validate_data(cfg.data, _check)
+    _check(bool(cfg.data.manifest), "data.manifest is required (rewards read each clip's video and scene)")
+    _check(cfg.data.features is None, "data.features is for the flow training stages; GRPO decodes its "
+           "clips from data.manifest")
     _check(s.steps > 0, "sampler.steps must be > 0")
     _check(1 <= s.effective_window() <= s.steps, f"sampler.window must be in [1, {s.steps}], got {s.window}")
     _check(s.noise_level > 0 and math.isfinite(s.noise_level), "sampler.noise_level must be > 0")
@@ -140,7 +144,7 @@ def validate(cfg: GRPOConfig) -> GRPOConfig:
     _check(lo.dpo_beta > 0 and lo.rwr_temperature > 0, "loss.dpo_beta and loss.rwr_temperature must be > 0")
     _check(0.0 <= cfg.ema_max_decay < 1.0, "ema_max_decay must be in [0, 1)")
     _check(bool(cfg.rewards) and all(math.isfinite(w) for w in cfg.rewards.values()), "rewards: finite weights")
-    _check(cfg.optim.lr > 0 and math.isfinite(cfg.optim.lr), "optim.lr must be > 0")
+    validate_optim(cfg.optim, _check)
     micro = cfg.micro_steps_per_iteration()
     _check(micro % cfg.grad_accum == 0,
            f"grad_accum {cfg.grad_accum} does not divide the {micro} micro-steps of one iteration "
@@ -149,38 +153,12 @@ def validate(cfg: GRPOConfig) -> GRPOConfig:
     return cfg
 
 
-def grpo_config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> GRPOConfig:
-    """Defaults <- `data` (strict) <- `overrides` (dotted keys, YAML values, type-checked)."""
-    if not isinstance(data, dict):
-        raise PrismAudioError("grpo config: expected a mapping at the top level")
-    from_dict(GRPOConfig, copy.deepcopy(data))
-    base = GRPOConfig().to_dict()
-    if "rewards" in data:  # a mapping replaced whole, not merged: listing rewards selects them
-        base["rewards"] = {}
-    merged = _deep_merge(base, data)
-    apply_overrides(merged, [_yaml_float(o) for o in overrides or []])
-    return validate(from_dict(GRPOConfig, merged))
+def grpo_config_from_dict(data: dict[str, Any], overrides: Sequence[str] | None = None) -> GRPOConfig:
+    """Defaults <- `data` (strict) <- `overrides`; a `rewards:` mapping replaces the default whole
+    (listing rewards selects them)."""
+    return config_from_mapping(GRPOConfig, data, overrides, validate, "grpo config", replace_whole=("rewards",))
 
 
-def load_grpo_config(path: str | Path, overrides: list[str] | None = None) -> GRPOConfig:
+def load_grpo_config(path: str | Path, overrides: Sequence[str] | None = None) -> GRPOConfig:
     """Read a YAML config; relative paths resolve against the YAML's folder when they exist there."""
-    import yaml
-
-    p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except OSError as e:
-        raise PrismAudioError(f"cannot read grpo config {p}: {e.strerror or e}") from None
-    except yaml.YAMLError as e:
-        raise PrismAudioError(f"cannot parse grpo config {p}: {e}") from None
-    try:
-        cfg = grpo_config_from_dict(data, overrides)
-    except PrismAudioError as e:
-        raise PrismAudioError(f"{p}: {e}") from None
-    base = p.resolve().parent
-    cfg.data.manifest = _resolve(cfg.data.manifest, base)
-    if cfg.data.cache_dir:
-        cfg.data.cache_dir = _resolve(cfg.data.cache_dir, base)
-    if not _is_preset(cfg.model):
-        cfg.model = _resolve(cfg.model, base)
-    return cfg
+    return load_run_config(path, grpo_config_from_dict, overrides, "grpo config")

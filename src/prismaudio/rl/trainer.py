@@ -12,7 +12,12 @@ One iteration (paper Alg. of §3.3.2; official_network.md §10.3-10.6):
    model (eq. 7, `grpo.grpo_loss`), or with a preference loss (`preference.py`) on the same groups.
    An optimizer step happens exactly every `grad_accum` micro-steps (validated to divide one
    iteration), fixing the official GA mismatch;
-6. EMA (decay min((1 + s)/(10 + s), max)), logging, atomic full-state checkpoints (`train/state.py`).
+6. EMA (decay min((1 + s)/(10 + s), max)), logging, atomic full-state checkpoints.
+
+The accelerator, resume policy, seeding, per-rank generators, checkpoints and export are the run
+harness's (`harness/run.py`), shared with the training stages. Under DDP each process takes its own
+`prompts_per_iter` clips of the shared epoch permutation (rank r the r-th slice), so the processes
+together see each clip once per epoch, and gradients are averaged across them.
 
 Frozen: VAE, encoders, conditioner (conditions computed once for the whole corpus under no_grad)
 and the DiT's `empty_*_feat`. Determinism: every draw comes from one training generator; restoring
@@ -32,17 +37,10 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import PrismAudioError
+from ..harness import EMA, FINAL, EpochSampler, RunHarness, build_optimizer, build_pipeline
 from ..model.conditioning import ConditionTokens
 from ..rewards import RewardContext, combine_rewards, compute_rewards
-from ..train import state as ckpt
 from ..train.data import build_flow_clips, collate_flow, load_rows
-from ..train.trainer import (
-    EMA,
-    EpochSampler,
-    _seed_everything,
-    build_pipeline,
-    weights_hash,
-)
 from .config import GRPOConfig
 from .grpo import compute_advantages, grpo_loss
 from .preference import dpo_loss, rwr_loss, sft_loss
@@ -50,8 +48,6 @@ from .rollout import Rollout, policy_velocity, rollout, window_log_prob
 from .weights import content_weights
 
 Log = Callable[[str], None]
-CHECKPOINTS = "checkpoints"
-FINAL = "final"
 FROZEN_PARAMS = ("empty_clip_feat", "empty_sync_feat")  # official: frozen in GRPO (§10.6)
 
 
@@ -63,46 +59,31 @@ class GRPOTrainer:
     """Build with a `GRPOConfig`, then `run()`; `iteration()` runs one step of the loop."""
 
     def __init__(self, cfg: GRPOConfig, out_dir: str | Path, resume: bool = False, log: Log = _print) -> None:
-        from accelerate import Accelerator
-
         self.cfg = cfg
         self.out = Path(out_dir)
-        self.ckpt_dir = self.out / CHECKPOINTS
-        self.acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no",
-                               project_dir=str(self.out / "logs"))
-        self.main = self.acc.is_main_process
-        self.log = log if self.main else (lambda _m: None)
-        latest = ckpt.find_latest(self.ckpt_dir)
-        if latest is not None and not resume:
-            raise PrismAudioError(f"{self.out} already holds checkpoints (latest {latest.name}); "
-                                  "pass --resume to continue, or choose another --out")
-        self.resume_from = latest if resume else None
-        _seed_everything(cfg.seed)
-        self.pipe = build_pipeline(cfg)  # type: ignore[arg-type]  (needs .model and .seed only)
-        if self.resume_from is not None:
-            ckpt.check_compatible(ckpt.read_meta(self.resume_from), self.pipe.config.to_dict(), "grpo",
-                                  self.resume_from)
+        self.harness = h = RunHarness(self.out, seed=cfg.seed, resume=resume, log=log)  # GA by hand: see validate
+        self.acc, self.main, self.log, self.generator = h.acc, h.main, h.log, h.generator
+        self.pipe = build_pipeline(cfg.model, cfg.seed)
+        h.check_resume(self.pipe.config.to_dict(), "grpo")
         self._build_data()
-        self.pipe.to(self.acc.device).requires_grad_(False).eval()
+        self.pipe.to(h.device).requires_grad_(False).eval()
         self.dit = self.pipe.dit
         params = [p for n, p in self.dit.named_parameters() if n.split(".")[-1] not in FROZEN_PARAMS]
         for p in params:
             p.requires_grad_(True)
         needs_ref = cfg.loss.beta > 0 or cfg.algorithm == "dpo"
         self.ref = deepcopy(self.dit).requires_grad_(False).eval() if needs_ref else None  # θ_ref = θ_init
-        o = cfg.optim
-        optimizer = torch.optim.AdamW(params, lr=o.lr, betas=(o.betas[0], o.betas[1]), eps=o.eps,
-                                      weight_decay=o.weight_decay)
-        warm = o.warmup_steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
-        self.generator = torch.Generator().manual_seed(cfg.seed * 7919 + 1 + self.acc.process_index)
+        optimizer, scheduler = build_optimizer(params, cfg.optim, cfg.optimizer_steps())
         self.sampler = EpochSampler(len(self.rows), cfg.seed)
         self.iter = self.epoch = self.position = self.opt_steps = 0
         self.ema = EMA(self.dit, cfg.ema_max_decay)
-        if self.resume_from is not None:
-            self._restore(self.resume_from, optimizer, scheduler)
-        self.model, self.optimizer, self.scheduler = self.acc.prepare(self.dit, optimizer, scheduler)
-        self.ema.to(self.acc.device).track(self.acc.unwrap_model(self.model))
+        st = h.restore(self.dit, optimizer, scheduler, self.ema)
+        if st is not None:
+            self.iter, self.epoch, self.position = st.step, st.epoch, st.position
+            self.opt_steps = int(st.scheduler.get("last_epoch", 0))  # one scheduler step per optimizer step
+            self.log(f"resumed from {h.resume_from} (iteration {st.step}, epoch {st.epoch}, position {st.position})")
+        self.model, self.optimizer, self.scheduler = h.prepare(self.dit, optimizer, scheduler)
+        self.ema.to(h.device).track(h.unwrap(self.model))
         s = cfg.sampler
         self.log(f"{cfg.algorithm} ({s.mode}: T={s.steps}, w={s.effective_window()}, G={cfg.group_size}, "
                  f"a={s.noise_level}) on {len(self.rows)} clips, {sum(p.numel() for p in params):,} trainable "
@@ -119,8 +100,10 @@ class GRPOTrainer:
                                  self.log)
         by_id = {r.id: r for r in rows}
         self.rows = [by_id[i] for i in clips.ids]
-        if len(self.rows) < cfg.prompts_per_iter:
-            raise PrismAudioError(f"{len(self.rows)} clips cannot fill {cfg.prompts_per_iter} prompts per iteration")
+        need = cfg.prompts_per_iter * self.harness.world
+        if len(self.rows) < need:
+            raise PrismAudioError(f"{len(self.rows)} clips cannot fill {cfg.prompts_per_iter} prompts per iteration "
+                                  f"on each of {self.harness.world} process(es)")
         self.duration = clips.duration
         n = pipe.config.latent_length(clips.duration)
         self.latent_shape = (pipe.config.dit.io_channels, n)
@@ -138,17 +121,20 @@ class GRPOTrainer:
             self.reference_audio = pipe.decode(clips.latent, clips.duration)  # reconstruction of the clip
 
     def _next_prompts(self) -> list[int]:
-        """The next clips of the epoch's permutation (a pure function of (seed, epoch, position))."""
+        """This process's clips for the next iteration: all processes take the next
+        `prompts_per_iter x world` clips of the epoch's permutation (a pure function of
+        (seed, epoch, position)) and rank r keeps the r-th slice."""
+        p, h = self.cfg.prompts_per_iter, self.harness
         out: list[int] = []
-        while len(out) < self.cfg.prompts_per_iter:
+        while len(out) < p * h.world:
             self.sampler.epoch = self.epoch
             perm = list(iter(self.sampler))
-            take = perm[self.position : self.position + self.cfg.prompts_per_iter - len(out)]
+            take = perm[self.position : self.position + p * h.world - len(out)]
             out += take
             self.position += len(take)
             if self.position >= len(perm):
                 self.epoch, self.position = self.epoch + 1, 0
-        return out
+        return out[h.rank * p : (h.rank + 1) * p]
 
     # -------------------------------------------------------------------- rewards
     def _context(self, idx: list[int], g: int) -> RewardContext:
@@ -220,6 +206,9 @@ class GRPOTrainer:
                 for start in range(0, n_rows, cfg.micro_batch):
                     chunk = torch.arange(start, min(start + cfg.micro_batch, n_rows))
                     keep = chunk[valid[chunk]].to(self.acc.device)  # excluded samples take no part
+                    weight = 1.0
+                    if not keep.numel() and self.harness.world > 1:  # every rank must join each all-reduce:
+                        keep, weight = chunk.to(self.acc.device), 0.0  # a zero-weighted backward
                     if keep.numel():
                         c = cond_rows.index(keep)
                         x, x1 = out.latents[keep, j], out.next_latents[keep, j]
@@ -232,12 +221,13 @@ class GRPOTrainer:
                                                            x1, sig[j], sig[j + 1], ro.noise_level, sub).mean
                         res = grpo_loss(new.log_prob, out.log_probs[keep, j], adv[keep], cfg.loss.clip_range,
                                         cfg.loss.adv_clip, new.mean, ref_mean, new.std, cfg.loss.beta)
-                        self.acc.backward(res.loss / cfg.grad_accum)
-                        rows_evaluated += keep.numel()
-                        count += 1
-                        for k, v in (("loss", res.loss), ("policy_loss", res.policy), ("kl", res.kl),
-                                     ("ratio", res.ratio.mean()), ("clip_frac", res.clip_frac)):
-                            sums[k] += float(v.detach())
+                        self.acc.backward(res.loss * weight / cfg.grad_accum)
+                        if weight:
+                            rows_evaluated += keep.numel()
+                            count += 1
+                            for k, v in (("loss", res.loss), ("policy_loss", res.policy), ("kl", res.kl),
+                                         ("ratio", res.ratio.mean()), ("clip_frac", res.clip_frac)):
+                                sums[k] += float(v.detach())
                     micro += 1
                     if micro % cfg.grad_accum == 0:
                         self._optimizer_step()
@@ -316,50 +306,29 @@ class GRPOTrainer:
 
     # -------------------------------------------------------------------- checkpoints
     def save(self) -> None:
-        if not self.main:
-            return
-        py, npy, tch = ckpt.capture_host_rng()
-        rng = {"torch": tch, "train.rank0": self.generator.get_state()}
-        state = ckpt.TrainingState(
-            step=self.iter, epoch=self.epoch, position=self.position,
-            model=self.acc.unwrap_model(self.model).state_dict(), ema=self.ema.shadow,
-            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(), rng=rng,
-            python_rng=py, numpy_rng=npy, config=self.cfg.to_dict(), model_config=self.pipe.config.to_dict(),
-            world_size=self.acc.num_processes,
-        )
-        path = ckpt.save_state(self.ckpt_dir, state, self.cfg.keep_last)
-        self.log(f"checkpoint: {path}")
-
-    def _restore(self, path: Path, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
-        st = ckpt.load_state(path)
-        try:
-            self.dit.load_state_dict(st.model, strict=True)
-            optimizer.load_state_dict(st.optimizer)
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise PrismAudioError(f"checkpoint {path} does not fit this model: {str(e).splitlines()[0]}") from None
-        scheduler.load_state_dict(st.scheduler)
-        self.ema.load(st.ema)
-        ckpt.restore_host_rng(st.python_rng, st.numpy_rng, st.rng["torch"])
-        self.generator.set_state(st.rng["train.rank0"])
-        self.iter, self.epoch, self.position = st.step, st.epoch, st.position
-        self.opt_steps = int(st.scheduler.get("last_epoch", 0))  # one scheduler step per optimizer step
-        self.log(f"resumed from {path} (iteration {st.step}, epoch {st.epoch}, position {st.position})")
+        h = self.harness
+        h.save(step=self.iter, epoch=self.epoch, position=self.position, module=h.unwrap(self.model), ema=self.ema,
+               optimizer=self.optimizer, scheduler=self.scheduler, config=self.cfg.to_dict(),
+               model_config=self.pipe.config.to_dict(), keep_last=self.cfg.keep_last)
 
     def _finish(self, history: list[dict[str, Any]], iters_per_s: float) -> dict[str, Any]:
-        live = self.acc.unwrap_model(self.model)
+        h = self.harness
+        hashes = h.rank_fingerprints(self.model)
         summary: dict[str, Any] = {"iterations": self.iter, "opt_steps": self.opt_steps, "iters_per_s": iters_per_s,
-                                   "weights_hash": weights_hash(live), "final": str(self.out / FINAL),
-                                   "reward_curve": [h["reward"] for h in history]}
-        if self.main:
-            ema_dit = self.ema.copy_into(deepcopy(live))
+                                   "num_processes": h.world, "weights_hash": hashes[h.rank],
+                                   "rank_weight_hashes": hashes, "ranks_in_sync": len(set(hashes)) == 1,
+                                   "final": str(self.out / FINAL), "reward_curve": [r["reward"] for r in history]}
+
+        def export() -> None:
             p = self.pipe
             from ..pipeline import PrismAudioPipeline
 
-            PrismAudioPipeline(p.config, ema_dit, p.conditioner, p.vae, p.video_encoder, p.sync_encoder,
-                               p.text_encoder).save_pretrained(self.out / FINAL)
+            PrismAudioPipeline(p.config, h.ema_module(self.model, self.ema), p.conditioner, p.vae, p.video_encoder,
+                               p.sync_encoder, p.text_encoder).save_pretrained(self.out / FINAL)
             (self.out / "grpo_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
             self.log(f"done: iteration {self.iter}, {self.opt_steps} optimizer steps; EMA model in {self.out / FINAL}")
-        self.acc.end_training()
+
+        h.finish(export)
         return summary
 
 

@@ -1,142 +1,30 @@
-"""The one training loop, on `accelerate`, shared by every stage.
+"""The training loop shared by every stage (vae, foundation, cot), on the run harness.
 
 A stage supplies a dataset, a module whose `forward(batch, generator)` returns (loss, logs), a
-collate function, `demo` and `export`; this loop does the rest: AdamW + warm-up/cosine LR,
-gradient accumulation (`accelerator.accumulate`), clipping, a float32 EMA, logging (TensorBoard
-through accelerate's tracker when `tensorboard` is importable, always `metrics.jsonl`), demos,
-checkpoints of the complete state, `--resume`, and the final EMA export.
-
-Determinism: every random draw of a step comes from one explicit training generator per process;
-the data order is a permutation seeded by (seed, epoch); so restoring the generator, the epoch and
-the position inside it, plus model / EMA / optimizer / scheduler / global RNGs, continues a run
-bit-identically on CPU.
+collate function, `demo` and `export`; the harness (`harness/run.py`) owns the accelerator,
+resume policy, seeding, checkpoints and export; this loop adds gradient accumulation
+(`accelerator.accumulate`), clipping, the EMA update, logging (TensorBoard through accelerate's
+tracker when `tensorboard` is importable, always `metrics.jsonl`) and demos.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
-import random
 import time
-from collections.abc import Callable, Iterator
-from copy import deepcopy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch import Tensor, nn
-from torch.utils.data import DataLoader, Sampler
+from torch import nn
+from torch.utils.data import DataLoader
 
 from ..errors import PrismAudioError
+from ..harness import EMA, FINAL, EpochSampler, RunHarness, build_optimizer, build_pipeline
 from ..pipeline import PrismAudioPipeline
-from . import state as ckpt
 from .config import TrainConfig
 
 Log = Callable[[str], None]
-CHECKPOINTS = "checkpoints"
-FINAL = "final"
-
-
-# ------------------------------------------------------------------------------ pieces
-class EpochSampler(Sampler[int]):
-    """A fresh permutation per epoch from a generator seeded by (seed, epoch): the data order is a
-    pure function of the epoch, so resuming needs only (epoch, position), and every DDP rank
-    draws the same permutation before accelerate shards it.
-
-    Deliberately no `set_epoch` method: accelerate would call it with its loader's own iteration
-    count, which restarts at 0 in a resumed run (and in the loader `skip_first_batches` builds).
-    """
-
-    def __init__(self, n: int, seed: int) -> None:
-        self.n = n
-        self.seed = seed
-        self.epoch = 0
-
-    def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
-
-    def __len__(self) -> int:
-        return self.n
-
-
-class EMA:
-    """Float32 exponential moving average of a module's floating-point state (params + buffers).
-
-    With `warmup` the decay after step n is min(decay, (1 + n) / (10 + n)) (official ema.py): a short run (a few
-    thousand steps at decay 0.999) would otherwise export weights still ~30% made of the random
-    initialisation. n is the trainer's step, so a resumed run applies the same decays.
-    """
-
-    def __init__(self, module: nn.Module, decay: float, warmup: bool = True) -> None:
-        self.decay = decay
-        self.warmup = warmup
-        self.track(module)
-        self.shadow = {k: v.detach().float().clone() for k, v in self.live.items()}
-
-    def track(self, module: nn.Module) -> None:
-        """(Re)bind the live tensors: moving a module to a device replaces its buffers."""
-        self.live = {k: v for k, v in module.state_dict(keep_vars=True).items() if v.is_floating_point()}
-
-    def decay_at(self, step: int) -> float:
-        return min(self.decay, (1.0 + step) / (10.0 + step)) if self.warmup else self.decay
-
-    @torch.no_grad()
-    def update(self, step: int) -> None:
-        """Fold in the live weights after optimizer step `step` (1-based, as official ema.py)."""
-        decay = self.decay_at(step)
-        for k, v in self.live.items():
-            self.shadow[k].lerp_(v.detach().float(), 1.0 - decay)
-
-    def to(self, device: torch.device) -> EMA:
-        self.shadow = {k: v.to(device) for k, v in self.shadow.items()}
-        return self
-
-    def load(self, shadow: dict[str, Tensor]) -> None:
-        if set(shadow) != set(self.shadow):
-            raise PrismAudioError("the checkpoint's EMA does not match the model's parameters")
-        for k, v in shadow.items():
-            self.shadow[k].copy_(v)
-
-    def copy_into(self, module: nn.Module) -> nn.Module:
-        sd = module.state_dict()
-        module.load_state_dict({k: self.shadow[k].to(v.dtype) if k in self.shadow else v for k, v in sd.items()})
-        return module
-
-
-def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
-    """Linear warm-up to 1, then cosine to `min_lr_ratio` at `max_steps` (or constant)."""
-    o = cfg.optim
-
-    def fn(step: int) -> float:
-        if step < o.warmup_steps:
-            return (step + 1) / o.warmup_steps
-        if o.schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - o.warmup_steps) / max(1, cfg.max_steps - o.warmup_steps))
-        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return fn
-
-
-def weights_hash(module: nn.Module) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(module.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def build_pipeline(cfg: TrainConfig) -> PrismAudioPipeline:
-    """The starting model: a preset (seeded init) or a model directory (e.g. the vae stage export)."""
-    name = cfg.model.split(":", 1)[1] if cfg.model.startswith("preset:") else cfg.model
-    from ..config import PRESETS
-
-    if name in PRESETS:  # a directory named like a preset is written "./mini"
-        return PrismAudioPipeline.from_preset(name, seed=cfg.seed)
-    return PrismAudioPipeline.from_pretrained(cfg.model)
 
 
 def _build_stage(cfg: TrainConfig, pipe: PrismAudioPipeline, log: Log) -> Any:
@@ -167,65 +55,37 @@ def _print(msg: str) -> None:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, out_dir: str | Path, resume: bool = False, log: Log = _print) -> None:
-        from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs, DistributedType
-
         self.cfg = cfg
         self.out = Path(out_dir)
-        self.ckpt_dir = self.out / CHECKPOINTS
-        tracker = "tensorboard" if _has_tensorboard() else None
-        self.acc = Accelerator(
-            gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
-            cpu=not torch.cuda.is_available(),  # so torchrun / accelerate launch on CPUs gives gloo DDP
-            log_with=tracker, project_dir=str(self.out / "logs"), step_scheduler_with_optimizer=False,
-            # the official keep-for-parity parameters (and dropped paths) get no gradient
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-        )
-        if self.acc.distributed_type == DistributedType.FSDP:
-            raise PrismAudioError("FSDP is not supported: the EMA and the checkpoint writer need whole "
-                                  "parameters on every process; launch with DDP (the models fit one device)")
-        self.main = self.acc.is_main_process
-        self.log = log if self.main else (lambda _msg: None)
-        latest = ckpt.find_latest(self.ckpt_dir)
-        if latest is not None and not resume:
-            raise PrismAudioError(f"{self.out} already holds checkpoints (latest {latest.name}); "
-                                  "pass --resume to continue, or choose another --out")
-        self.resume_from = latest if resume else None
-        if resume and latest is None:
-            self.log(f"--resume: no complete checkpoint in {self.ckpt_dir}, starting from scratch")
-
-        _seed_everything(cfg.seed)
-        self.pipe = build_pipeline(cfg)
-        if self.resume_from is not None:  # refuse a foreign checkpoint before decoding any data
-            ckpt.check_compatible(ckpt.read_meta(self.resume_from), self.pipe.config.to_dict(), cfg.stage,
-                                  self.resume_from)
+        self.harness = h = RunHarness(self.out, seed=cfg.seed, resume=resume, log=log, grad_accum=cfg.grad_accum,
+                                   mixed_precision=cfg.mixed_precision, trackers=True)
+        self.acc, self.main, self.log, self.generator = h.acc, h.main, h.log, h.generator
+        self.pipe = build_pipeline(cfg.model, cfg.seed)
+        h.check_resume(self.pipe.config.to_dict(), cfg.stage)  # before decoding any data
         with self.acc.main_process_first():  # rank 0 decodes and fills the data cache; the others read it
             self.stage = _build_stage(cfg, self.pipe, self.log)
-        self.pipe.to(self.acc.device)
+        self.pipe.to(h.device)
         n = len(self.stage.dataset)
-        world = self.acc.num_processes
-        if n < cfg.batch_size * world:
-            raise PrismAudioError(f"{n} clips cannot fill one batch of {cfg.batch_size} on each of {world} process(es)")
+        if n < cfg.batch_size * h.world:
+            raise PrismAudioError(f"{n} clips cannot fill one batch of {cfg.batch_size} on each of {h.world} process(es)")
         self.module: nn.Module = self.stage.module
-        self.generator = torch.Generator().manual_seed(cfg.seed * 7919 + 1 + self.acc.process_index)
         self.sampler = EpochSampler(n, cfg.seed)
         loader = DataLoader(self.stage.dataset, batch_size=cfg.batch_size, sampler=self.sampler,
                             collate_fn=self.stage.collate, drop_last=True)
         params = [p for p in self.module.parameters() if p.requires_grad]
-        o = cfg.optim
-        optimizer = torch.optim.AdamW(params, lr=o.lr, betas=(o.betas[0], o.betas[1]), eps=o.eps,
-                                      weight_decay=o.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+        optimizer, scheduler = build_optimizer(params, cfg.optim, cfg.max_steps)
         self.step = self.epoch = self.position = 0
         self.ema = EMA(self.module, cfg.ema_decay, cfg.ema_warmup)
-        if self.resume_from is not None:
-            self._restore(self.resume_from, optimizer, scheduler)
-        self.model, self.optimizer, self.loader, self.scheduler = self.acc.prepare(self.module, optimizer, loader, scheduler)
-        self.ema.to(self.acc.device).track(self.acc.unwrap_model(self.model))
+        st = h.restore(self.module, optimizer, scheduler, self.ema)
+        if st is not None:
+            self.step, self.epoch, self.position = st.step, st.epoch, st.position
+            self.log(f"resumed from {h.resume_from} (step {st.step}, epoch {st.epoch}, batch {st.position})")
+        self.model, self.optimizer, self.loader, self.scheduler = h.prepare(self.module, optimizer, loader, scheduler)
+        self.ema.to(h.device).track(h.unwrap(self.model))
         self.acc.step = self.position  # accelerate's accumulation counter restarts every epoch
         self.acc.init_trackers("prismaudio", config=_flat(cfg.to_dict()))
-        self.log(f"training {sum(p.numel() for p in params):,} parameters on {world} process(es) "
-                 f"({self.acc.device}); logs: {'TensorBoard + ' if tracker else ''}{self.out / 'metrics.jsonl'}")
+        self.log(f"training {sum(p.numel() for p in params):,} parameters on {h.world} process(es) "
+                 f"({h.device}); logs: {'TensorBoard + ' if h.tracker else ''}{self.out / 'metrics.jsonl'}")
 
     # -------------------------------------------------------------------- main loop
     def run(self) -> dict[str, Any]:
@@ -288,7 +148,7 @@ class Trainer:
             self.log(f"step {self.step}/{self.cfg.max_steps} {shown}")
 
     def _ema_module(self) -> nn.Module:
-        return self.ema.copy_into(deepcopy(self.acc.unwrap_model(self.model)))
+        return self.harness.ema_module(self.model, self.ema)
 
     def _demo(self) -> None:
         if self.main:
@@ -301,87 +161,26 @@ class Trainer:
 
     # -------------------------------------------------------------------- checkpoints
     def save(self) -> None:
-        """Every process contributes its generator state; the main process writes the directory."""
-        from accelerate.utils import gather_object
-
-        gens = gather_object([self.generator.get_state().tolist()])
-        error = ""
-        if self.main:
-            py, npy, tch = ckpt.capture_host_rng()
-            rng = {"torch": tch, **{f"train.rank{r}": torch.tensor(s, dtype=torch.uint8) for r, s in enumerate(gens)}}
-            if torch.cuda.is_available():
-                rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-            state = ckpt.TrainingState(
-                step=self.step, epoch=self.epoch, position=self.position,
-                model=self.acc.unwrap_model(self.model).state_dict(), ema=self.ema.shadow,
-                optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(), rng=rng,
-                python_rng=py, numpy_rng=npy, config=self.cfg.to_dict(), model_config=self.pipe.config.to_dict(),
-                world_size=self.acc.num_processes,
-            )
-            try:
-                path = ckpt.save_state(self.ckpt_dir, state, self.cfg.keep_last)
-                self.log(f"checkpoint: {path}")
-            except PrismAudioError as e:
-                error = str(e)
-        errors = [e for e in gather_object([error]) if e]
-        if errors:
-            raise PrismAudioError(errors[0])
-
-    def _restore(self, path: Path, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
-        st = ckpt.load_state(path)
-        try:
-            self.module.load_state_dict(st.model, strict=True)
-            optimizer.load_state_dict(st.optimizer)
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise PrismAudioError(f"checkpoint {path} does not fit this model: {str(e).splitlines()[0]}") from None
-        scheduler.load_state_dict(st.scheduler)
-        self.ema.load(st.ema)
-        ckpt.restore_host_rng(st.python_rng, st.numpy_rng, st.rng["torch"])
-        key = f"train.rank{self.acc.process_index}"
-        if st.world_size == self.acc.num_processes and key in st.rng:
-            self.generator.set_state(st.rng[key])
-        else:
-            self.log(f"warning: checkpoint was written by {st.world_size} process(es), this run has "
-                     f"{self.acc.num_processes}: training generators are re-seeded (not bit-identical)")
-            self.generator.manual_seed(self.cfg.seed * 7919 + 1 + self.acc.process_index + 1_000_003 * st.step)
-        if torch.cuda.is_available() and "cuda.0" in st.rng:
-            torch.cuda.set_rng_state_all([st.rng[f"cuda.{i}"] for i in range(torch.cuda.device_count()) if f"cuda.{i}" in st.rng])
-        self.step, self.epoch, self.position = st.step, st.epoch, st.position
-        self.log(f"resumed from {path} (step {st.step}, epoch {st.epoch}, batch {st.position})")
+        self.harness.save(step=self.step, epoch=self.epoch, position=self.position, module=self.harness.unwrap(self.model),
+                       ema=self.ema, optimizer=self.optimizer, scheduler=self.scheduler, config=self.cfg.to_dict(),
+                       model_config=self.pipe.config.to_dict(), keep_last=self.cfg.keep_last)
 
     # -------------------------------------------------------------------- the end
     def _finish(self, steps_per_s: float) -> dict[str, Any]:
-        from accelerate.utils import gather_object
-
-        live = self.acc.unwrap_model(self.model)
-        hashes = gather_object([weights_hash(live)])
+        hashes = self.harness.rank_fingerprints(self.model)
         summary: dict[str, Any] = {"step": self.step, "epoch": self.epoch, "steps_per_s": steps_per_s,
-                                   "num_processes": self.acc.num_processes, "rank_weight_hashes": hashes,
+                                   "num_processes": self.harness.world, "rank_weight_hashes": hashes,
                                    "ranks_in_sync": len(set(hashes)) == 1, "final": str(self.out / FINAL)}
-        if self.main:
+
+        def export() -> None:
             self.stage.export(self._ema_module(), self.out / FINAL)
             (self.out / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
             self.log(f"done: step {self.step}, {steps_per_s:.2f} steps/s; EMA model exported to {self.out / FINAL}")
             if not summary["ranks_in_sync"]:
                 self.log("warning: the processes' weights differ (see train_summary.json)")
-        self.acc.wait_for_everyone()
-        self.acc.end_training()  # also tears down the process group
+
+        self.harness.finish(export)  # also tears down the process group
         return summary
-
-
-def _has_tensorboard() -> bool:
-    try:
-        import tensorboard  # noqa: F401
-        from torch.utils import tensorboard as _tb  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, log: Log | None = _print) -> dict[str, Any]:
