@@ -17,7 +17,6 @@ from prismaudio.data.extract import (
     FeatureModels,
     extract_features,
     render_cot_text,
-    run_extract,
 )
 from prismaudio.data.manifest import ManifestRow, read_manifest
 from prismaudio.errors import PrismAudioError
@@ -81,7 +80,7 @@ def tiny() -> PrismAudioPipeline:
 def test_render_cot_text() -> None:
     row = ManifestRow(id="x", video=Path("x.mp4"), caption="a drum", cot=COT, cot_monolithic="mono")
     text, src = render_cot_text(row, "multi")
-    assert text == "Semantic: a drum Temporal: hits on the beat Aesthetic: punchy Spatial: center" and src == "multi"
+    assert text == "Semantic: a drum\nTemporal: hits on the beat\nAesthetic: punchy\nSpatial: center" and src == "multi"
     assert render_cot_text(row, "monolithic") == ("mono", "monolithic")
     assert render_cot_text(row, "caption") == ("a drum", "caption")
     assert render_cot_text(row, "none") == ("", "none")
@@ -197,9 +196,13 @@ def test_extract_with_models_and_rows(clips: Path, tiny: PrismAudioPipeline, tmp
         extract_features(rows, tmp_path, tiny, batch_size=0)
 
 
-def test_run_extract_prints_summary(clips: Path, tmp_path: Path, capsys) -> None:
-    s = run_extract(clips / "manifest.jsonl", tmp_path / "o", "preset:tiny", batch_size=4, cot_field="multi", progress=False)
+def test_cli_extract_prints_summary(clips: Path, tmp_path: Path, capsys) -> None:
+    """The library returns a summary; the CLI prints it (one warning line per problem)."""
+    from prismaudio.cli import main as cli_main
+
+    code = cli_main(["extract", "--manifest", str(clips / "manifest.jsonl"), "--out", str(tmp_path / "o"),
+                     "--model", "preset:tiny", "--batch-size", "4", "--cot-field", "multi", "--quiet"])
     captured = capsys.readouterr()
-    assert len(s.done) == 3
+    assert code == 0 and len(list((tmp_path / "o").glob("*.safetensors"))) == 3
     assert "extracted 3, skipped 0 existing, failed 3, 1 bad manifest row(s)" in captured.out
     assert "skipped missing" in captured.err and "bad JSON" in captured.err

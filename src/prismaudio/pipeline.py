@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from .config import EncoderSpec, ModelConfig, load_model_config, preset
 from .encoders.base import Encoder, build_encoder
 from .errors import PrismAudioError
 from .io.video import probe_video, read_frames_multi
+from .io.weights import contiguous_state, load_strict
 from .model.conditioning import Conditioner, ConditionTokens
 from .model.dit import DiffusionTransformer
 from .model.vae import OobleckVAE
@@ -112,7 +112,7 @@ class PrismAudioPipeline(nn.Module):
         if _state_size(encoders):
             parts[ENCODERS_FILE] = encoders
         for fname, module in parts.items():
-            _load_into(module, root / fname, config.preset)
+            load_strict(module, root / fname, f"the {config.preset!r} config")
         return pipe.eval()
 
     def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
@@ -126,11 +126,11 @@ class PrismAudioPipeline(nn.Module):
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
         try:
             (tmp / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=1) + "\n")
-            save_file(_contiguous(_ModelPart(self.dit, self.conditioner).state_dict(), dtype), tmp / MODEL_FILE)
-            save_file(_contiguous(self.vae.state_dict(), dtype), tmp / VAE_FILE)
+            save_file(contiguous_state(_ModelPart(self.dit, self.conditioner).state_dict(), dtype), tmp / MODEL_FILE)
+            save_file(contiguous_state(self.vae.state_dict(), dtype), tmp / VAE_FILE)
             enc = _EncodersPart(self.video_encoder, self.sync_encoder).state_dict()
             if enc:
-                save_file(_contiguous(enc, dtype), tmp / ENCODERS_FILE)
+                save_file(contiguous_state(enc, dtype), tmp / ENCODERS_FILE)
             if root.exists():
                 old = root.with_name(f".{root.name}.old")
                 shutil.rmtree(old, ignore_errors=True)
@@ -271,39 +271,6 @@ class _EncodersPart(nn.Module):
 
 def _state_size(module: nn.Module) -> int:
     return len(module.state_dict())
-
-
-def _contiguous(sd: dict[str, Tensor], dtype: torch.dtype | None = None) -> dict[str, Tensor]:
-    def cast(v: Tensor) -> Tensor:
-        return v.to(dtype) if dtype is not None and v.is_floating_point() else v
-
-    return {k: cast(v.detach()).contiguous().cpu() for k, v in sd.items()}
-
-
-def _load_into(module: nn.Module, file: Path, preset_name: str) -> None:
-    try:
-        sd = load_file(file)
-    except FileNotFoundError:
-        raise PrismAudioError(f"checkpoint file {file} is missing") from None
-    except (SafetensorError, OSError) as e:
-        raise PrismAudioError(f"cannot read checkpoint file {file}: {e}") from None
-    own = module.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    bad = [k for k in own if k in sd and sd[k].shape != own[k].shape]
-    if missing or unexpected or bad:
-        what = []
-        if missing:
-            what.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            what.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        if bad:
-            k = bad[0]
-            what.append(f"{len(bad)} with wrong shape (e.g. {k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)})")
-        raise PrismAudioError(
-            f"{file.name} does not match the '{preset_name}' config in {file.parent}: " + "; ".join(what)
-        )
-    module.load_state_dict(sd, strict=True)
 
 
 class _seeded:

@@ -30,7 +30,7 @@ PathLike = str | os.PathLike
 
 FEATURE_SUFFIX = ".safetensors"
 FEATURE_FORMAT = "prismaudio-features"
-FEATURE_VERSION = "1"
+FEATURE_VERSION = "2"  # 2: the "multi" text is `CoT.render("multi")`, as training and generation use
 FEATURE_TENSORS = (
     "video_features", "sync_features", "text_features", "text_length", "latent_mean", "latent_std", "latent",
 )
@@ -116,6 +116,29 @@ def feature_path(cache_dir: PathLike, clip_id: str) -> Path:
     return Path(cache_dir) / f"{clip_id}{FEATURE_SUFFIX}"
 
 
+def read_feature_meta(path: PathLike) -> dict[str, str]:
+    """The metadata of one feature file without reading its tensors (cheap: lets training check a
+    whole extracted set before it starts)."""
+    p = Path(path)
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        raise PrismAudioError(f"corrupt feature file {p}: {e}") from None
+    if meta.get("format") != FEATURE_FORMAT or meta.get("version") != FEATURE_VERSION:
+        raise PrismAudioError(f"{p} is not a PrismAudio feature file (format version {FEATURE_VERSION})")
+    return meta
+
+
+def list_feature_ids(cache_dir: PathLike) -> list[str]:
+    """Clip ids of every `<id>.safetensors` in `cache_dir`, sorted (hidden temp files ignored)."""
+    d = Path(cache_dir)
+    if not d.is_dir():
+        raise PrismAudioError(f"feature directory not found: {d}")
+    return sorted(p.name[: -len(FEATURE_SUFFIX)] for p in d.iterdir()
+                  if p.name.endswith(FEATURE_SUFFIX) and not p.name.startswith(".") and p.is_file())
+
+
 def read_feature_file(path: PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
     """(tensors, metadata) of one cache file; a missing, truncated or foreign file raises `PrismAudioError`."""
     p = Path(path)
@@ -146,12 +169,7 @@ class FeatureDataset(Dataset):
         self.cache_dir = Path(cache_dir)
         if not self.cache_dir.is_dir():
             raise PrismAudioError(f"feature cache directory not found: {self.cache_dir}")
-        if ids is None:
-            ids = sorted(
-                p.name[: -len(FEATURE_SUFFIX)] for p in self.cache_dir.iterdir()
-                if p.name.endswith(FEATURE_SUFFIX) and not p.name.startswith(".") and p.is_file()
-            )
-        self.ids = list(ids)
+        self.ids = list(list_feature_ids(self.cache_dir) if ids is None else ids)
 
     def __len__(self) -> int:
         return len(self.ids)

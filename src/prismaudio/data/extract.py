@@ -21,10 +21,8 @@ Rows whose video/audio is missing or corrupt are reported in the summary and nev
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +35,7 @@ from torch import Tensor
 from ..encoders.base import Encoder
 from ..errors import PrismAudioError
 from ..io.files import atomic_path
+from ..io.weights import fingerprint
 from .datasets import (
     FEATURE_FORMAT,
     FEATURE_VERSION,
@@ -45,7 +44,8 @@ from .datasets import (
     fit_length,
     read_feature_file,
 )
-from .manifest import COT_KEYS, ManifestRow, read_manifest
+from .manifest import ManifestRow, read_manifest
+from .text import clip_seed, condition_text
 
 PathLike = str | os.PathLike
 COT_FIELDS = ("multi", "monolithic", "caption", "none")
@@ -53,26 +53,25 @@ COT_FIELDS = ("multi", "monolithic", "caption", "none")
 
 # ------------------------------------------------------------------------------- CoT text
 def render_cot_text(row: ManifestRow, style: str = "multi") -> tuple[str, str]:
-    """(text for the text encoder, its source) for one clip.
+    """(text for the text encoder, its source) for one clip, rendered by `data.text.condition_text`
+    (the training stages' and generation's renderer), with fallbacks so every clip gets a text:
 
-    * "multi": the four CoT modules in the paper's order, "Semantic: ... Temporal: ... Aesthetic: ...
-      Spatial: ..." (absent modules left out); falls back to `cot_monolithic`, then `caption`.
+    * "multi": the four CoT modules as `CoT.render("multi")` (four labelled lines); falls back to
+      `cot_monolithic`, then `caption`.
     * "monolithic": `cot_monolithic`, falling back to the caption.
     * "caption": the caption. "none": "" (unconditioned text).
     The source is "multi", "monolithic", "caption" or "none" (what was actually used).
     """
     if style not in COT_FIELDS:
         raise PrismAudioError(f"unknown cot_field {style!r} (choose from {', '.join(COT_FIELDS)})")
-    if style == "none":
-        return "", "none"
-    if style == "multi" and row.cot:
-        parts = [f"{k.capitalize()}: {row.cot[k].strip()}" for k in COT_KEYS if row.cot.get(k, "").strip()]
-        if parts:
-            return " ".join(parts), "multi"
-    if style in ("multi", "monolithic") and row.cot_monolithic and row.cot_monolithic.strip():
-        return row.cot_monolithic.strip(), "monolithic"
-    if row.caption.strip():
-        return row.caption.strip(), "caption"
+    for source in {"multi": ("multi", "monolithic", "caption"), "monolithic": ("monolithic", "caption"),
+                   "caption": ("caption",), "none": ("none",)}[style]:
+        try:
+            text = condition_text(row, source)
+        except PrismAudioError:
+            continue
+        if text or source == "none":
+            return text, source
     return "", "none"
 
 
@@ -107,13 +106,7 @@ class FeatureModels:
 
     def fingerprint(self) -> str:
         """Hash of the weights that shape the features (trainable encoders + VAE) and the encoder names."""
-        h = hashlib.sha1()
-        h.update(json.dumps([self.preset, self.sample_rate, self.names()]).encode())
-        for part in (self.video, self.sync, self.vae):
-            for k, v in part.state_dict().items():
-                h.update(k.encode())
-                h.update(v.detach().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
+        return fingerprint(self.video, self.sync, self.vae, extra=[self.preset, self.sample_rate, self.names()])
 
 
 def _encoder_name(enc: Encoder) -> str:
@@ -133,10 +126,6 @@ class ExtractSummary:
         if self.problems:
             s += f", {len(self.problems)} bad manifest row(s)"
         return s
-
-
-def _clip_seed(seed: int, clip_id: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"{int(seed)}:{clip_id}".encode()).digest()[:8], "little") & (2**63 - 1)
 
 
 def _is_done(path: Path, expect: dict[str, str]) -> bool:
@@ -285,34 +274,7 @@ def _encode_group(
 
 
 def _sample_latent(feats: dict[str, Tensor], seed: int, clip_id: str) -> dict[str, Tensor]:
-    gen = torch.Generator(device="cpu").manual_seed(_clip_seed(seed, clip_id))
+    gen = torch.Generator(device="cpu").manual_seed(clip_seed(seed, clip_id))
     eps = torch.randn(feats["latent_mean"].shape, generator=gen, dtype=torch.float32)
     feats["latent"] = (feats["latent_mean"] + feats["latent_std"] * eps).contiguous()
     return feats
-
-
-# ------------------------------------------------------------------------------- CLI entry
-def run_extract(
-    manifest: PathLike, out_dir: PathLike, model: str | None = None, batch_size: int = 8,
-    cot_field: str = "multi", progress: bool = True, duration: float | None = None, seed: int = 0,
-    encoders: dict[str, Any] | None = None,
-) -> ExtractSummary:
-    """`prismaudio extract`: load the model (`prismaudio.cli.load_pipeline`), extract, print a summary.
-
-    Manifest problems and failed clips go to stderr (one line each); the final line goes to stdout.
-    """
-    from ..cli import load_pipeline
-
-    pipe = load_pipeline(model)
-    for modality, spec in (encoders or {}).items():  # e.g. a real T5-Gemma instead of the model's own
-        pipe.set_encoder(modality, spec)
-    summary = extract_features(
-        manifest, out_dir, pipe, batch_size=batch_size, progress=progress, cot_field=cot_field,
-        duration=duration, seed=seed,
-    )
-    for p in summary.problems:
-        print(f"prismaudio: warning: {p}", file=sys.stderr)
-    for clip_id, reason in summary.failed:
-        print(f"prismaudio: warning: skipped {clip_id}: {reason}", file=sys.stderr)
-    print(f"{summary.line()} -> {out_dir}")
-    return summary

@@ -147,3 +147,16 @@ class Conditioner(nn.Module):
 
     def param_count(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def frames_to_conditions(video_encoder: nn.Module, sync_encoder: nn.Module, conditioner: Conditioner,
+                         video: Tensor, sync: Tensor, text: Tensor, latent_length: int) -> ConditionTokens:
+    """Frames -> the DiT's condition tokens: the one path from pixels to conditions.
+
+    `video` / `sync` are [B, T, 3, H, W] frames at each encoder's `frame_spec`, float in [0, 1] or
+    uint8 (as the training data keeps them in memory, scaled by 1/255 here); `text` the text
+    encoder's features [B, L, Dt]. Training, GRPO and generation all condition through here.
+    """
+    v = video if video.is_floating_point() else video.float() / 255.0
+    s = sync if sync.is_floating_point() else sync.float() / 255.0
+    return conditioner(video_encoder(v), text, sync_encoder(s), latent_length=latent_length)

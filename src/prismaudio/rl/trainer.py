@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from ..errors import PrismAudioError
 from ..harness import EMA, FINAL, EpochSampler, RunHarness, build_optimizer, build_pipeline
-from ..model.conditioning import ConditionTokens
+from ..model.conditioning import ConditionTokens, frames_to_conditions
 from ..rewards import RewardContext, combine_rewards, compute_rewards
 from ..train.data import build_flow_clips, collate_flow, load_rows
 from .config import GRPOConfig
@@ -112,9 +112,8 @@ class GRPOTrainer:
         for start in range(0, len(clips), 16):
             b = collate_flow([clips[i] for i in range(start, min(start + 16, len(clips)))])
             text = torch.nn.functional.pad(b["text"], (0, 0, 0, longest - b["text"].shape[1]))
-            video = pipe.video_encoder(b["video"].float() / 255.0)
-            sync = pipe.sync_encoder(b["sync"].float() / 255.0)
-            parts.append(pipe.conditioner(video, text, sync, latent_length=n))
+            parts.append(frames_to_conditions(pipe.video_encoder, pipe.sync_encoder, pipe.conditioner, b["video"],
+                                              b["sync"], text, n))
         self.conds = _cat_conditions(parts).to(self.acc.device)
         self.reference_audio: Tensor | None = None
         if "spatial" in cfg.rewards and any(not r.scene for r in self.rows):  # no scene ITD: use the VAE's

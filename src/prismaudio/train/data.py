@@ -1,11 +1,16 @@
-"""In-memory training data, built once from a corpus manifest.
+"""Training data for the stages: decoded once from a corpus manifest, or read from extracted features.
 
-Decoding video on a CPU costs far more than a training step of the mini model, so every clip is
-decoded exactly once: frames at each light encoder's (fps, size) kept as uint8, the frozen VAE's
-latent (one fixed posterior sample per clip, seeded by clip id like `data/extract.py`) and the
-frozen text encoder's features (computed once per unique text). The result can be persisted to
-`data.cache_dir` as one safetensors file keyed by everything it depends on, so a resumed or
-repeated run skips decoding. Broken manifest rows and undecodable clips are skipped and reported.
+From a manifest (`data.manifest`): decoding video on a CPU costs far more than a training step of
+the mini model, so every clip is decoded exactly once: frames at each light encoder's (fps, size)
+kept as uint8, the frozen VAE's latent (one fixed posterior sample per clip, seeded by clip id like
+`data/extract.py`) and the frozen text encoder's features (computed once per unique text). The
+result can be persisted to `data.cache_dir` as one safetensors file keyed by everything it depends
+on, so a resumed or repeated run skips decoding. Broken manifest rows and undecodable clips are
+skipped and reported.
+
+From features (`data.features`, the official recipe for frozen encoders at scale): the per-clip
+files of `prismaudio extract`, read lazily (a real corpus's features need not fit in memory), after
+checking that every file was made with this model's encoders and VAE and with this stage's text.
 """
 
 from __future__ import annotations
@@ -23,12 +28,13 @@ from safetensors.torch import save_file
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..data.datasets import ClipDataset, fit_length
-from ..data.extract import _clip_seed
-from ..data.manifest import COT_KEYS, ManifestRow, read_manifest
+from ..data.datasets import ClipDataset, feature_path, fit_length, list_feature_ids, read_feature_file, read_feature_meta
+from ..data.manifest import ManifestRow, read_manifest
+from ..data.text import clip_seed, condition_text, stage_style
 from ..errors import PrismAudioError
+from ..harness.config import DataConfig
 from ..io.files import atomic_path
-from .config import DataConfig
+from ..io.weights import fingerprint
 
 Log = Callable[[str], None]
 CACHE_FORMAT = "prismaudio-train-data-2"
@@ -52,31 +58,10 @@ def load_rows(cfg: DataConfig, log: Log) -> list[ManifestRow]:
     return rows
 
 
-def _cot_parts(row: ManifestRow) -> dict[str, str]:
-    if not row.cot or not any((row.cot.get(k) or "").strip() for k in COT_KEYS):
-        raise PrismAudioError(f"clip {row.id!r} has no CoT")
-    return {k: row.cot.get(k) or "" for k in COT_KEYS}
-
-
 def render_text(row: ManifestRow, stage: str, variant: str, seed: int) -> str:
-    """The text condition of one clip: the caption (foundation) or the CoT variant (stage cot).
-
-    "multi": the four labelled parts in the paper's order (semantic, temporal, aesthetic,
-    spatial); "monolithic": the row's `cot_monolithic`; "random": the sentences of all four parts
-    shuffled across parts, deterministic per (seed, clip); "none": the empty text.
-    """
-    if stage != "cot":
-        return row.caption.strip()
-    if variant == "none":
-        return ""
-    if variant == "monolithic":
-        if row.cot_monolithic and row.cot_monolithic.strip():
-            return row.cot_monolithic.strip()
-        raise PrismAudioError(f"clip {row.id!r} has no cot_monolithic")
-    from ..cot.core import CoT
-
-    cot = CoT(**_cot_parts(row))
-    return cot.render(variant, seed=_clip_seed(seed, row.id)) if variant == "random" else cot.render(variant)
+    """The text condition of one clip: the caption (foundation) or the CoT variant (stage cot);
+    see `data.text.condition_text` for the styles."""
+    return condition_text(row, stage_style(stage, variant), seed)
 
 
 # ------------------------------------------------------------------------------ datasets
@@ -131,15 +116,6 @@ def _to_uint8(frames: Tensor) -> Tensor:
     return (frames.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def _weights_hash(*modules: torch.nn.Module) -> str:
-    h = hashlib.sha1()
-    for m in modules:
-        for k, v in m.state_dict().items():
-            h.update(k.encode())
-            h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def _cache_key(rows: Sequence[ManifestRow], parts: dict[str, Any]) -> str:
     h = hashlib.sha1(json.dumps(parts, sort_keys=True).encode())
     for r in rows:
@@ -178,7 +154,7 @@ def build_flow_clips(pipe: Any, rows: Sequence[ManifestRow], cfg: DataConfig, st
     duration = float(cfg.duration if cfg.duration is not None else c.duration)
     specs = [pipe.video_encoder.frame_spec(), pipe.sync_encoder.frame_spec()]
     key_parts = {"format": CACHE_FORMAT, "duration": duration, "specs": specs, "sr": c.sample_rate,
-                 "data_seed": cfg.seed, "vae": _weights_hash(pipe.vae), "ids": [r.id for r in rows]}
+                 "data_seed": cfg.seed, "vae": fingerprint(pipe.vae), "ids": [r.id for r in rows]}
     cache = Path(cfg.cache_dir) / f"flow-{_cache_key(rows, key_parts)}.safetensors" if cfg.cache_dir else None
     clips = _read_cache(cache) if cache is not None and cache.is_file() else None
     if clips is not None:
@@ -230,7 +206,7 @@ def _decode_clips(pipe: Any, rows: Sequence[ManifestRow], cfg: DataConfig, durat
             continue
         audio = fit_length(item["audio"], n_lat * ratio).unsqueeze(0)
         mean, std = pipe.vae.encode_moments(audio)
-        gen = torch.Generator().manual_seed(_clip_seed(cfg.seed, row.id))
+        gen = torch.Generator().manual_seed(clip_seed(cfg.seed, row.id))
         z = mean[0] + std[0] * torch.randn(mean[0].shape, generator=gen)
         scale = c.vae.latent_scale
         latent.append((z / scale if scale != 1.0 else z).contiguous())
@@ -264,3 +240,82 @@ def _read_cache(path: Path) -> Decoded | None:
         return t["video"], t["sync"], t["latent"], json.loads(meta["ids"])
     except (SafetensorError, OSError, KeyError, ValueError, RuntimeError):
         return None  # unreadable cache: rebuild it
+
+
+# ------------------------------------------------------------------------------ extracted features
+class FeatureClips(Dataset):
+    """Flow-stage items from `prismaudio extract` files: the encoders' outputs instead of frames.
+
+    Item: {"video_features" [Tv, Dv], "sync_features" [Ts, Ds], "latent" [C, N], "text" [L, Dt],
+    "index" (position in `ids`)}; each file is read when its item is asked for.
+    """
+
+    def __init__(self, root: Path, ids: Sequence[str], duration: float) -> None:
+        self.root = root
+        self.ids = list(ids)
+        self.duration = duration
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        t, _ = read_feature_file(feature_path(self.root, self.ids[i]))
+        return {"video_features": t["video_features"], "sync_features": t["sync_features"], "latent": t["latent"],
+                "text": t["text_features"], "index": torch.tensor(i)}
+
+
+def collate_features(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Stack a batch of `FeatureClips` items; text features zero-padded to the longest."""
+    out = collate_flow([{"video": it["video_features"], "sync": it["sync_features"], "latent": it["latent"],
+                         "text": it["text"]} for it in items])
+    out["video_features"], out["sync_features"] = out.pop("video"), out.pop("sync")
+    out["index"] = torch.stack([it["index"] for it in items])
+    return out
+
+
+def build_feature_clips(pipe: Any, cfg: DataConfig, stage: str, variant: str, log: Log) -> FeatureClips:
+    """Check an extracted set against this model and stage, then index it (no tensor is read yet).
+
+    Refused as a whole: files made with other encoder / VAE weights (`model_hash`) or another text
+    encoder, or with another text than this stage conditions on (`cot_field`). Skipped and
+    reported: unreadable files, clips whose text fell back to another source (e.g. a clip with no
+    CoT in a `multi` set), clips of another split or duration.
+    """
+    from ..data.extract import FeatureModels
+
+    root = Path(cfg.features or "")
+    style = stage_style(stage, variant)
+    models = FeatureModels.from_pipeline(pipe)
+    expect = {"model_hash": models.fingerprint(), "text_encoder": models.names()["text_encoder"], "cot_field": style}
+    ids, durations = [], []
+    for clip_id in list_feature_ids(root):
+        try:
+            meta = read_feature_meta(feature_path(root, clip_id))
+        except PrismAudioError as e:
+            log(f"skipping clip: {e}")
+            continue
+        wrong = [k for k, v in expect.items() if meta.get(k) != v]
+        if wrong:
+            k = wrong[0]
+            raise PrismAudioError(
+                f"feature file {feature_path(root, clip_id)} has {k} {meta.get(k)!r}, this run needs {expect[k]!r}: "
+                + ("extract with this model (`prismaudio extract --model ...`)" if k != "cot_field"
+                   else f"extract with `--cot-field {style}` for stage {stage!r}"))
+        if meta.get("text_source") != style:
+            log(f"skipping clip {clip_id!r}: its text is the {meta.get('text_source')!r}, not the {style!r}")
+            continue
+        if cfg.split is not None and meta.get("split") != cfg.split:
+            continue
+        ids.append(clip_id)
+        durations.append(float(meta["duration"]))
+    if not ids:
+        raise PrismAudioError(f"no usable feature files of split {cfg.split!r} in {root}")
+    duration = float(cfg.duration) if cfg.duration is not None else durations[0]
+    keep = [i for i, d in zip(ids, durations) if abs(d - duration) < 1e-9]
+    if len(keep) < len(ids):
+        log(f"skipping {len(ids) - len(keep)} clip(s) whose duration is not {duration:g} s (a batch needs one length)")
+    if cfg.limit is not None:
+        keep = keep[: cfg.limit]
+    if not keep:
+        raise PrismAudioError(f"no feature file in {root} has duration {duration:g} s")
+    return FeatureClips(root, keep, duration)
