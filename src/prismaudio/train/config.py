@@ -83,6 +83,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check(cfg.cot_variant in COT_VARIANTS, f"cot_variant must be one of {', '.join(COT_VARIANTS)}, got {cfg.cot_variant!r}")
     _check(cfg.mixed_precision in PRECISIONS, f"mixed_precision must be one of {', '.join(PRECISIONS)}")
     validate_data(cfg.data, _check)
+    _check(not (cfg.data.features and cfg.data.manifest),
+           "give data.manifest or data.features, not both (set the other to '')")
+    _check(not (cfg.data.features and cfg.data.cache_dir), "data.cache_dir caches decoded manifests; "
+           "data.features is read directly")
     _check(cfg.data.features is None or cfg.stage != "vae",
            "data.features holds latents, not audio: the vae stage trains from data.manifest")
     _check(cfg.data.features is None or cfg.cot_variant != "random" or cfg.stage != "cot",
