@@ -106,9 +106,12 @@ def test_context_check():
 
 
 def test_group_advantages_skip_excluded():
+    """The excluded samples of `combine_rewards` get no advantage in eq. 6 (rl.grpo)."""
+    from prismaudio.rl.grpo import compute_advantages
+
     total = torch.tensor([1.0, 2.0, 3.0, 100.0, 5.0, 5.0])
     valid = torch.tensor([True, True, True, False, True, False])
-    adv = R.group_advantages(total, valid, 3)
+    adv = compute_advantages(total, valid, 3, eps=1e-6)
     expect = (torch.tensor([1.0, 2.0, 3.0]) - 2.0) / (math.sqrt(2 / 3) + 1e-6)
     torch.testing.assert_close(adv[:3], expect)
     assert adv[3:].tolist() == [0.0, 0.0, 0.0]  # excluded, and a group with one valid sample

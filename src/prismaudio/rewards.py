@@ -28,8 +28,8 @@ Failure policy (never propagate a NaN into GRPO advantages):
   weight. A sample whose weighted reward is NaN/inf (or whose reward raised) is EXCLUDED:
   ``valid[i] = False``, ``total[i] = 0`` (a placeholder, never to be used) and the reason is logged.
   Excluded samples get no advantage: they are dropped from their group before the group mean and
-  std of eq. 6 are taken (see `group_advantages`, which returns advantage 0 for them, so they
-  contribute no policy gradient).
+  std of eq. 6 are taken (see `rl.grpo.compute_advantages`, which returns advantage 0 for them,
+  so they contribute no policy gradient).
 """
 
 from __future__ import annotations
@@ -256,25 +256,6 @@ class RewardMix:
 
     def __call__(self, audio: Tensor, sample_rate: int, ctx: RewardContext | None = None) -> RewardResult:
         return compute_rewards(None, self.weights, audio, sample_rate, ctx)
-
-
-def group_advantages(total: Tensor, valid: Tensor, group_size: int, eps: float = 1e-6) -> Tensor:
-    """Eq. 6 over consecutive groups of `group_size`, using valid samples only.
-
-    Excluded samples (and groups with a single valid sample) get advantage 0. std is the
-    population std over the valid members.
-    """
-    n = total.numel()
-    if group_size < 1 or n % group_size:
-        raise PrismAudioError(f"batch {n} is not a multiple of group size {group_size}")
-    t = total.reshape(-1, group_size).to(torch.float64)
-    m = valid.reshape(-1, group_size).to(torch.float64)
-    cnt = m.sum(1, keepdim=True)
-    mean = (t * m).sum(1, keepdim=True) / cnt.clamp_min(1)
-    var = (((t - mean) ** 2) * m).sum(1, keepdim=True) / cnt.clamp_min(1)
-    adv = (t - mean) / (var.sqrt() + eps)
-    adv = torch.where((m > 0) & (cnt > 1), adv, torch.zeros_like(adv))
-    return adv.reshape(-1).to(total.dtype)
 
 
 # --------------------------------------------------------------------------------------------
