@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# The shipped models are package data (found through prismaudio.resources; $PRISMAUDIO_ASSETS overrides).
+ASSETS := src/prismaudio/assets
 
 .PHONY: setup demo test test-slow bench judges visual-classifier train-default grpo-default clean
 
@@ -31,18 +33,18 @@ bench: setup
 	$(BIN)/python benchmarks/bench_synth.py
 	$(BIN)/python benchmarks/bench_metrics.py --corpus data/judge_corpus
 
-# Reproduces the shipped offline judges (models/judges/): corpus ~2 min, training ~15-25 min on 2 cores.
+# Reproduces the shipped offline judges (src/prismaudio/assets/judges/): corpus ~2 min, training ~15-25 min on 2 cores.
 judges: setup
 	$(BIN)/prismaudio synth --out data/judge_corpus --n 2400 --seed 0 --workers 2 --quiet
-	$(BIN)/prismaudio train-judges --corpus data/judge_corpus --out models/judges
+	$(BIN)/prismaudio train-judges --corpus data/judge_corpus --out $(ASSETS)/judges
 
-# Reproduces the offline CoT planner's visual classifier (models/visual_classifier/): ~12 min on 2 cores.
+# Reproduces the offline CoT planner's visual classifier (src/prismaudio/assets/visual_classifier/): ~12 min on 2 cores.
 visual-classifier: setup
 	$(BIN)/prismaudio synth --out data/judge_corpus --n 2400 --seed 0 --workers 2 --quiet
-	$(BIN)/python -m prismaudio.cot.train_visual --corpus data/judge_corpus --out models/visual_classifier --train-clips 1000
-	$(BIN)/python benchmarks/bench_cot_offline.py --corpus data/judge_corpus --metrics models/visual_classifier/metrics.json
+	$(BIN)/python -m prismaudio.procedural.train_visual --corpus data/judge_corpus --out $(ASSETS)/visual_classifier --train-clips 1000
+	$(BIN)/python benchmarks/bench_cot_offline.py --corpus data/judge_corpus --metrics $(ASSETS)/visual_classifier/metrics.json
 
-# Reproduces the shipped default model (models/prismaudio-mini) from nothing: corpus, VAE, foundation,
+# Reproduces the shipped default model (src/prismaudio/assets/prismaudio-mini) from nothing: corpus, VAE, foundation,
 # CoT fine-tune (+ the No-CoT ablation), float16 pack, evaluation, training summary. Resumable.
 train-default: setup
 	BIN=$(BIN) bash scripts/train_default.sh

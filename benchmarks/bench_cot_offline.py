@@ -1,7 +1,8 @@
 """Accuracy of the offline CoT planner against the procedural corpus's scene graphs.
 
 Usage: python benchmarks/bench_cot_offline.py [--corpus /tmp/judge_corpus] [--split test]
-           [--out bench_cot_offline.json] [--metrics models/visual_classifier/metrics.json]
+           [--out bench_cot_offline.json] [--metrics src/prismaudio/assets/visual_classifier/metrics.json]
+           [--classifier DIR (default: the shipped visual_classifier asset)]
 
 Per clip the planner's estimated scene graph (what its four CoT sentences are rendered from) is
 compared with the true one:
@@ -29,8 +30,8 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from prismaudio.cot.offline import DEFAULT_CLASSIFIER, estimate_scene
-from prismaudio.data.synth.cot import distance_word, side_of
+from prismaudio.procedural.planner import default_classifier, estimate_scene
+from prismaudio.procedural.synth.cot import distance_word, side_of
 
 TOL_S = 0.04 + 1e-9
 
@@ -122,7 +123,7 @@ def main() -> None:
     ap.add_argument("--corpus", type=Path, default=Path("/tmp/judge_corpus"))
     ap.add_argument("--split", default="test")
     ap.add_argument("--n", type=int, default=0, help="first n clips of the split (0: all)")
-    ap.add_argument("--classifier", type=Path, default=DEFAULT_CLASSIFIER)
+    ap.add_argument("--classifier", type=Path, default=default_classifier())
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("bench_cot_offline.json"))
     ap.add_argument("--metrics", type=Path, default=None, help="also store the summary under 'benchmark' here")

@@ -4,13 +4,13 @@ per sample, and reward-versus-wall-clock curves.
     python benchmarks/bench_grpo.py [--iters 5] [--flow-iters N] [--group 16] [--steps 24] [--window 2]
                                     [--rewards loudness] [--model DIR|mini] [--corpus DIR]
 
-Both runs use the `mini` model (models/prismaudio-mini when it exists, else random `mini` weights:
+Both runs use the `mini` model (the shipped prismaudio-mini asset when it exists, else random `mini` weights:
 the timings are then real but the reward curves mean little; the output says which), the same
 corpus, seed, T, G, prompts per iteration, lr and update count per iteration (grad_accum = window
 steps, so each runs one optimizer step per chunk of `--group` rows); they differ only in the
 sampler (Fast: shared ODE prefix + SDE window of w; Flow: SDE at all T steps, own noise per member)
 and hence in the window steps trained on (w vs T). Sampling time includes the VAE decode.
-Rewards default to the four paper rewards when the offline judges exist under models/judges,
+Rewards default to the four paper rewards when the shipped offline judges (judges asset) exist,
 else `loudness`. `--flow-iters` gives Flow-GRPO its own iteration count (its iterations are ~5x
 longer), and the summary reports when Fast-GRPO's reward (mean of the last `--smooth` iterations)
 first reaches Flow-GRPO's final one, in wall-clock seconds of each.
@@ -30,18 +30,20 @@ from typing import Any
 
 import torch
 
+from prismaudio.resources import asset_path
+
 REPO = Path(__file__).resolve().parents[1]
 FOUR = ["semantic", "temporal", "aesthetic", "spatial"]
 OFFICIAL_WEIGHTS = {"semantic": 1.0, "temporal": 0.6, "aesthetic": 0.1, "spatial": 0.4}
 
 
 def default_rewards() -> list[str]:
-    judges = REPO / "models" / "judges"
+    judges = asset_path("judges")
     return FOUR if judges.is_dir() and any(judges.iterdir()) else ["loudness"]
 
 
 def default_model() -> tuple[str, bool]:
-    trained = REPO / "models" / "prismaudio-mini"
+    trained = asset_path("prismaudio-mini")
     return (str(trained), True) if (trained / "config.json").is_file() else ("mini", False)
 
 
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         model, trained = default_model()
     else:
         model, trained = args.model, args.model not in ("mini", "tiny", "paper")
-    note = "trained model" if trained else "RANDOM weights (models/prismaudio-mini not found): timings are real, rewards are not meaningful"
+    note = "trained model" if trained else "RANDOM weights (prismaudio-mini asset not found): timings are real, rewards are not meaningful"
     print(f"bench_grpo: model {model} ({note}); rewards {rewards}; T={args.steps} w={args.window} G={args.group}",
           flush=True)
     manifest = ensure_corpus(Path(args.corpus), args.corpus_size)

@@ -8,7 +8,7 @@
 2. The four rewards (semantic, temporal, aesthetic, spatial) on a group of 16 clips vs the time the
    `mini` DiT takes to sample those 16 clips with 24 steps and CFG (random weights: same FLOPs).
 
-    python benchmarks/bench_metrics.py --corpus /tmp/judge_corpus [--n 1000] [--judges models/judges]
+    python benchmarks/bench_metrics.py --corpus /tmp/judge_corpus [--n 1000] [--judges DIR (default: the shipped judges asset)]
 
 The corpus is made with `prismaudio synth --out DIR --n 1000` if it does not exist.
 Writes runs/bench_metrics.json.
@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from prismaudio.resources import asset_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,7 +121,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--corpus", default="/tmp/bench_corpus")
     ap.add_argument("--n", type=int, default=1000)
-    ap.add_argument("--judges", default=str(ROOT / "models" / "judges"))
+    ap.add_argument("--judges", default=str(asset_path("judges")))
     ap.add_argument("--skip-evaluate", action="store_true")
     args = ap.parse_args()
     corpus = Path(args.corpus)

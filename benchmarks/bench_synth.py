@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from prismaudio.data.synth import run_synth
+from prismaudio.procedural.synth import run_synth
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Before/after summary of Fast-GRPO post-training (written by `scripts/post_train_default.sh`).
 
-    python scripts/grpo_summary.py --out runs/grpo_default [--ship models/prismaudio-mini]
+    python scripts/grpo_summary.py --out runs/grpo_default [--ship src/prismaudio/assets/prismaudio-mini]
 
 Reads OUT/eval/rewards.json (mean test-split rewards, `benchmarks/score_rewards.py`), OUT/eval/table.json
 (`prismaudio evaluate`) and each run's metrics.jsonl; writes OUT/summary.json, where every issue target

@@ -1,6 +1,6 @@
 """Pack a trained model directory for shipping: float16 safetensors (half the bytes), same config.
 
-    python scripts/pack_model.py runs/cot_mini/final models/prismaudio-mini
+    python scripts/pack_model.py runs/cot_mini/final src/prismaudio/assets/prismaudio-mini
 
 `PrismAudioPipeline.from_pretrained` casts the weights back to float32, so the packed model runs
 exactly like the float16-rounded original. The MiniLM text encoder is not copied (it is loaded

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Fast-GRPO post-training of the default model (`make grpo-default`), issue 7 / paper §3.3.2:
-#   base = the shipped CoT model packed by `make train-default` (models/prismaudio-mini)
+#   base = the shipped CoT model packed by `make train-default` (src/prismaudio/assets/prismaudio-mini)
 #   -> multi-reward Fast-GRPO (configs/grpo/fast_grpo_mini.yaml, the official reward mix)
 #   -> optional ablations from the same base: each reward alone, and no KL (paper Tables 4 and 12)
 #   -> generation on the test split + `prismaudio evaluate` + mean rewards, before vs after
 #   -> runs/grpo_default/summary.json (targets stated next to the measured values)
-#   -> SHIP=1 (default): the post-trained model packed over models/prismaudio-mini, keeping the base's
+#   -> SHIP=1 (default): the post-trained model packed over src/prismaudio/assets/prismaudio-mini, keeping the base's
 #      metrics.json (plus a "post_training" section) and training_summary.png, adding grpo_summary.png.
 # Knobs (environment):
 #   ITERS      multi-reward run (default 100)
@@ -17,16 +17,16 @@
 #   ABL_CLIPS  ablations draw prompts from the first ABL_CLIPS train clips (default 320; "" = all):
 #              start-up encodes every clip's condition, and a short run sees only 2 x ABL_ITERS prompts
 #   LIMIT      test clips to generate and evaluate (default all)
-#   BASE       model to post-train (default models/prismaudio-mini); SHIP_TO (default models/prismaudio-mini)
+#   BASE       model to post-train (default src/prismaudio/assets/prismaudio-mini); SHIP_TO (default src/prismaudio/assets/prismaudio-mini)
 # Every step is resumable: finished runs/generations are skipped, a killed run resumes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 PA="$BIN/prismaudio"
 CORPUS=data/corpus
-BASE=${BASE:-models/prismaudio-mini}
+BASE=${BASE:-src/prismaudio/assets/prismaudio-mini}
 SHIP=${SHIP:-1}
-SHIP_TO=${SHIP_TO:-models/prismaudio-mini}
+SHIP_TO=${SHIP_TO:-src/prismaudio/assets/prismaudio-mini}
 ITERS=${ITERS:-100}
 ABL_ITERS=${ABL_ITERS:-12}
 ABLATIONS=${ABLATIONS-short semantic temporal aesthetic spatial nokl}
@@ -36,7 +36,7 @@ OUT=runs/grpo_default
 EVAL=$OUT/eval
 mkdir -p "$EVAL"
 [ -f "$BASE/config.json" ] || { echo "post_train_default: $BASE not found: run 'make train-default' first" >&2; exit 2; }
-if [ ! -f "$OUT/base/config.json" ]; then  # a copy: shipping replaces models/prismaudio-mini at the end
+if [ ! -f "$OUT/base/config.json" ]; then  # a copy: shipping replaces src/prismaudio/assets/prismaudio-mini at the end
     if grep -q '"post_training"' "$BASE/metrics.json" 2>/dev/null; then
         echo "post_train_default: $BASE is already post-trained; run 'make train-default' for the CoT base, or set BASE" >&2
         exit 2

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the shipped offline default `models/prismaudio-mini` from nothing (`make train-default`):
+# Reproduce the shipped offline default `src/prismaudio/assets/prismaudio-mini` from nothing (`make train-default`):
 #   corpus -> VAE (stage 0) -> foundation (stage 1, captions) -> CoT fine-tune (stage 2), twice from
 #   the same foundation: `multi` (the shipped model) and `none` (the No-CoT ablation) -> float16 pack
 #   -> evaluation on the test split -> training summary (loss PNG + metrics JSON) beside the model.
@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 PA="$BIN/prismaudio"
 CORPUS=data/corpus
-MODEL=${MODEL_OUT:-models/prismaudio-mini}
+MODEL=${MODEL_OUT:-src/prismaudio/assets/prismaudio-mini}
 LOG=runs/train_default
 mkdir -p "$LOG"
 stamp() { date +%s >"$LOG/$1.time"; }

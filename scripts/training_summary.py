@@ -1,7 +1,7 @@
 """Training summary of the shipped default: loss curves (PNG) + the measured numbers (JSON).
 
     python scripts/training_summary.py --runs runs --eval runs/eval_default --times runs/train_default \
-        --out models/prismaudio-mini
+        --out src/prismaudio/assets/prismaudio-mini
 
 Reads each stage's `metrics.jsonl`, the VAE benchmark (`vae.json`), the evaluation table
 (`table.json`, `table.clips.jsonl` from `prismaudio evaluate`) and the stage time stamps written by
@@ -81,7 +81,7 @@ def main() -> int:
     ap.add_argument("--runs", default="runs")
     ap.add_argument("--eval", default="runs/eval_default")
     ap.add_argument("--times", default="runs/train_default")
-    ap.add_argument("--out", default="models/prismaudio-mini")
+    ap.add_argument("--out", default="src/prismaudio/assets/prismaudio-mini")
     args = ap.parse_args()
     runs, ev, out = Path(args.runs), Path(args.eval), Path(args.out)
     summary: dict[str, Any] = {"stages": loss_curves(runs, out / "training_summary.png"),

@@ -24,7 +24,7 @@ from prismaudio.cot import (
     split_sentences,
     truncate_for_encoder,
 )
-from prismaudio.data.synth import make_clip
+from prismaudio.procedural.synth import make_clip
 from prismaudio.errors import PrismAudioError
 
 EXAMPLE = CoT(

@@ -9,20 +9,20 @@ import pytest
 import soundfile as sf
 import torch
 
-from prismaudio.cot import offline
-from prismaudio.cot.offline import (
+from prismaudio.cot.visual_classifier import VisualClassifier, make_crop
+from prismaudio.errors import PrismAudioError
+from prismaudio.procedural import planner as offline
+from prismaudio.procedural.planner import (
     analyse_video,
     caption_classes,
     estimate_scene,
     render_parts,
     scene_from_frames,
 )
-from prismaudio.cot.visual_classifier import CLASS_NAMES, VisualClassifier, make_crop
-from prismaudio.data.synth import make_clip
-from prismaudio.data.synth.cot import side_of
-from prismaudio.data.synth.vocab import BY_NAME
-from prismaudio.data.synth.writer import encode_mp4
-from prismaudio.errors import PrismAudioError
+from prismaudio.procedural.synth import make_clip
+from prismaudio.procedural.synth.cot import side_of
+from prismaudio.procedural.synth.vocab import BY_NAME, CLASS_NAMES
+from prismaudio.procedural.synth.writer import encode_mp4
 
 CFG = {"duration": 4.0, "fps": 25.0, "size": 96, "sample_rate": 16000}
 # seed-0 corpus clips with one source: 0 wood (1 impact, left), 13 metal (1 impact, right), 3 drum (2 strikes, right)
@@ -45,7 +45,7 @@ def clips(tmp_path_factory) -> dict[str, tuple[str, dict]]:
 def model() -> VisualClassifier:
     """A fixed random classifier: the tests here check the analysis, not the classifier's training."""
     torch.manual_seed(0)
-    return VisualClassifier().eval()
+    return VisualClassifier(CLASS_NAMES).eval()
 
 
 def _times(scene: dict) -> list[float]:
@@ -145,6 +145,17 @@ def test_checkpoint_round_trip_identical(tmp_path, clips, model):
         VisualClassifier.load(tmp_path / "vc")
 
 
+def test_classifier_classes_come_from_its_checkpoint(tmp_path, clips):
+    VisualClassifier(["a", "b", "c"]).save(tmp_path / "vc")
+    assert VisualClassifier.load(tmp_path / "vc").classes == ("a", "b", "c")
+    with pytest.raises(PrismAudioError, match="trained on other classes"):
+        offline.OfflinePlanner(classifier_path=tmp_path / "vc")
+    meta = json.loads((tmp_path / "vc" / "config.json").read_text())
+    (tmp_path / "vc" / "config.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "classes"}))
+    with pytest.raises(PrismAudioError, match="lists no classes"):
+        VisualClassifier.load(tmp_path / "vc")
+
+
 def test_crop_is_masked_and_square():
     frame = np.full((20, 30, 3), 0.2, np.float32)
     mask = np.zeros((20, 30), bool)
@@ -156,9 +167,9 @@ def test_crop_is_masked_and_square():
     assert float(c[0].max()) > 0.9 and float(c[3].max()) > 0.9
 
 
-@pytest.mark.skipif(not (offline.DEFAULT_CLASSIFIER / "model.safetensors").exists(), reason="no shipped checkpoint")
+@pytest.mark.skipif(not (offline.default_classifier() / "model.safetensors").exists(), reason="no shipped checkpoint")
 def test_shipped_classifier_names_the_objects(clips):
-    size = sum(p.stat().st_size for p in offline.DEFAULT_CLASSIFIER.iterdir())
+    size = sum(p.stat().st_size for p in offline.default_classifier().iterdir())
     assert size < 2_000_000
     for name, (path, true) in clips.items():
         pred = estimate_scene(path)
@@ -167,11 +178,12 @@ def test_shipped_classifier_names_the_objects(clips):
 
 
 def test_offline_planner_registered(clips, tmp_path, model):
-    planners = pytest.importorskip("prismaudio.cot.planners")
-    pytest.importorskip("prismaudio.cot.core")
+    from prismaudio.cot import Planner, build_planner, get_planner, list_planners
+
+    assert "offline" in list_planners() and get_planner("offline") is offline.OfflinePlanner
     model.save(tmp_path / "vc")
-    planner = offline.OfflinePlanner(classifier_path=tmp_path / "vc", seed=0)
-    assert isinstance(planner, planners.Planner)
+    planner = build_planner("offline", classifier_path=tmp_path / "vc", seed=0)
+    assert isinstance(planner, Planner)
     cot = planner.plan(clips["wood_left"][0], caption="A bell rings.")
     parts = analyse_video(clips["wood_left"][0], caption="A bell rings.", classifier=model)
     assert (cot.semantic, cot.temporal, cot.aesthetic, cot.spatial) == tuple(parts[k] for k in offline.PARTS)

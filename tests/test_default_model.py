@@ -1,4 +1,4 @@
-"""The shipped offline default `models/prismaudio-mini`: size budget, format, and that it is used."""
+"""The shipped offline default (the `prismaudio-mini` asset): size budget, format, and that it is used."""
 
 from __future__ import annotations
 
@@ -15,17 +15,19 @@ from prismaudio.cli import main as cli_main
 from prismaudio.pipeline import PrismAudioPipeline
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL = REPO / "models" / "prismaudio-mini"
+ASSETS = REPO / "src" / "prismaudio" / "assets"
+MODEL = ASSETS / "prismaudio-mini"
 EXAMPLE = REPO / "examples" / "example.mp4"
 
 
-def test_everything_shipped_under_models_fits_the_25_mb_budget() -> None:
-    total = sum(p.stat().st_size for p in (REPO / "models").rglob("*") if p.is_file())
-    assert total <= 25 * 2**20, f"models/ holds {total / 2**20:.1f} MB"
+def test_everything_shipped_under_assets_fits_the_25_mb_budget() -> None:
+    total = sum(p.stat().st_size for p in ASSETS.rglob("*") if p.is_file())
+    assert total <= 25 * 2**20, f"src/prismaudio/assets/ holds {total / 2**20:.1f} MB"
 
 
 def test_default_model_is_the_packed_mini_with_its_training_summary(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PRISMAUDIO_MODEL", raising=False)
+    monkeypatch.delenv("PRISMAUDIO_ASSETS", raising=False)
     assert default_model_dir() == MODEL
     cfg = json.loads((MODEL / "config.json").read_text())
     assert cfg["preset"] == "mini" and cfg["encoders"]["text"]["name"] == "minilm"
@@ -50,3 +52,17 @@ def test_make_demo_command_uses_the_trained_default(tmp_path: Path, capsys: pyte
     assert sr == 16000 and audio.ndim == 2 and audio.shape[1] == 2
     rms = float((audio**2).mean() ** 0.5)
     assert 1e-3 < rms < 0.7  # a trained model makes sound, neither silence nor clipped noise
+
+
+def test_assets_root_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prismaudio.resources import asset_path
+
+    monkeypatch.delenv("PRISMAUDIO_MODEL", raising=False)
+    monkeypatch.delenv("PRISMAUDIO_ASSETS", raising=False)
+    assert asset_path("judges") == ASSETS / "judges"
+    monkeypatch.setenv("PRISMAUDIO_ASSETS", str(tmp_path))
+    assert asset_path("visual_classifier") == tmp_path / "visual_classifier"
+    assert default_model_dir() is None  # the override holds no prismaudio-mini
+    (tmp_path / "prismaudio-mini").mkdir()
+    (tmp_path / "prismaudio-mini" / "config.json").write_text("{}")
+    assert default_model_dir() == tmp_path / "prismaudio-mini"

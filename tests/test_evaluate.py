@@ -13,18 +13,19 @@ from prismaudio.cli import main
 from prismaudio.io.audio import load_audio, save_wav
 from prismaudio.metrics.evaluate import evaluate
 from prismaudio.metrics.judges import QualityJudge, SemanticJudge, SyncJudge
+from prismaudio.procedural.synth.vocab import CLASS_NAMES
 
 N = 4  # clips evaluated
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from prismaudio.data.synth import run_synth
+    from prismaudio.procedural.synth import run_synth
 
     root = tmp_path_factory.mktemp("eval")
     torch.manual_seed(0)
     for kind, cls in (("semantic", SemanticJudge), ("sync", SyncJudge), ("quality", QualityJudge)):
-        cls().eval().save(root / "judges" / kind)
+        (cls(CLASS_NAMES) if cls is SemanticJudge else cls()).eval().save(root / "judges" / kind)
     manifest = run_synth(root / "corpus", n=N, seed=0, workers=1, progress=False)
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
     for name in ("copy", "mono", "odd"):

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from prismaudio.data.synth import make_clip
+from prismaudio.procedural.synth import make_clip
 from prismaudio.metrics.groundtruth import (class_recall, itd_error, onset_errors, onset_summary,
                                             side_accuracy)
 

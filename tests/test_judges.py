@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from prismaudio.data.synth import make_clip
 from prismaudio.errors import PrismAudioError
 from prismaudio.metrics.judges import (
     OFFSET_GRID,
@@ -21,7 +20,9 @@ from prismaudio.metrics.judges import (
     pq_target,
     shift_audio,
 )
-from prismaudio.metrics.train_judges import (
+from prismaudio.procedural.synth import make_clip
+from prismaudio.procedural.synth.vocab import CLASS_NAMES
+from prismaudio.procedural.train_judges import (
     JudgeData,
     evaluate,
     fit_quality,
@@ -30,6 +31,11 @@ from prismaudio.metrics.train_judges import (
 )
 
 CFG = {"duration": 4.0, "fps": 25, "size": 96, "sample_rate": 16000}
+NAMES = tuple(f"class{i}" for i in range(12))  # the judges know no vocabulary: any names do
+
+
+def _judge(cls):
+    return cls(NAMES) if cls is SemanticJudge else cls()
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +51,13 @@ def _inputs(b=2):
 @pytest.mark.parametrize("cls", [SyncJudge, QualityJudge, SemanticJudge])
 def test_save_load_round_trip_bit_exact(tmp_path, cls):
     torch.manual_seed(0)
-    judge = cls().eval()
+    judge = _judge(cls).eval()
     judge.save(tmp_path / "j")
     assert sorted(p.name for p in (tmp_path / "j").iterdir()) == ["config.json", "model.safetensors"]
     back = load_judge(tmp_path / "j")
     assert type(back) is cls
+    if cls is SemanticJudge:
+        assert back.classes == NAMES and json.loads((tmp_path / "j" / "config.json").read_text())["classes"] == list(NAMES)
     for k, v in judge.state_dict().items():
         assert torch.equal(v, back.state_dict()[k])
     frames, audio = _inputs()
@@ -76,9 +84,29 @@ def test_strict_loading_rejects_mismatch(tmp_path):
         load_judge(tmp_path / "missing")
 
 
+def test_semantic_judge_classes_come_from_its_checkpoint(tmp_path):
+    SemanticJudge(NAMES[:3]).save(tmp_path / "j")
+    assert load_judge(tmp_path / "j").classes == NAMES[:3]
+    meta = json.loads((tmp_path / "j" / "config.json").read_text())
+    (tmp_path / "j" / "config.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "classes"}))
+    with pytest.raises(PrismAudioError, match="lists no classes"):
+        load_judge(tmp_path / "j")
+    with pytest.raises(PrismAudioError, match="n_classes 5 but 3 class names"):
+        SemanticJudge(NAMES[:3], n_classes=5)
+
+
+def test_shipped_semantic_judge_names_the_corpus_classes():
+    from prismaudio.metrics.offline import default_judges_dir
+
+    path = default_judges_dir() / "semantic"
+    if not (path / "model.safetensors").is_file():
+        pytest.skip("no shipped judges")
+    assert load_judge(path).classes == CLASS_NAMES
+
+
 def test_shapes():
     frames, audio = _inputs(3)
-    sem, sync, qual = SemanticJudge().eval(), SyncJudge().eval(), QualityJudge().eval()
+    sem, sync, qual = SemanticJudge(NAMES).eval(), SyncJudge().eval(), QualityJudge().eval()
     with torch.no_grad():
         assert sem.embed_audio(audio, 16000).shape == (3, 128)
         post = sem.class_posteriors(audio, 16000)
@@ -121,7 +149,7 @@ def test_quality_target_mapping():
 
 def test_short_training_reduces_losses(data):
     torch.manual_seed(0)
-    sem, sync, qual = SemanticJudge(), SyncJudge(), QualityJudge()
+    sem, sync, qual = SemanticJudge(CLASS_NAMES), SyncJudge(), QualityJudge()
     for fit, model in ((fit_semantic, sem), (fit_sync, sync), (fit_quality, qual)):
         losses = fit(model, data, steps=30, batch=12, lr=3e-3)
         assert np.mean(losses[-5:]) < np.mean(losses[:5]), (type(model).__name__, losses[:5], losses[-5:])
@@ -131,8 +159,8 @@ def test_short_training_reduces_losses(data):
 
 
 def test_train_judges_end_to_end_on_tiny_corpus(tmp_path):
-    from prismaudio.data.synth import run_synth
-    from prismaudio.metrics.train_judges import train_judges
+    from prismaudio.procedural.synth import run_synth
+    from prismaudio.procedural.train_judges import train_judges
 
     run_synth(tmp_path / "corpus", n=20, seed=0, workers=1, progress=False)
     m = train_judges(tmp_path / "corpus", tmp_path / "judges", semantic_steps=2, sync_steps=2, quality_steps=2, log=None)
@@ -140,3 +168,4 @@ def test_train_judges_end_to_end_on_tiny_corpus(tmp_path):
     assert saved["n_train"] == m["n_train"] == 16 and saved["n_test"] == 2
     for kind in ("semantic", "sync", "quality"):
         assert type(load_judge(tmp_path / "judges" / kind)).kind == kind
+    assert load_judge(tmp_path / "judges" / "semantic").classes == CLASS_NAMES

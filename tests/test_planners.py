@@ -37,8 +37,8 @@ LABELLED = "\n".join(f"**{k.capitalize()}:** {v}" for k, v in GOOD.items())
 
 @pytest.fixture(scope="module")
 def video(tmp_path_factory) -> Path:
-    from prismaudio.data.synth import make_clip
-    from prismaudio.data.synth.writer import encode_mp4
+    from prismaudio.procedural.synth import make_clip
+    from prismaudio.procedural.synth.writer import encode_mp4
 
     cfg = {"duration": 4.0, "fps": 25, "size": 48, "sample_rate": 16000}
     _row, frames, audio, _ = make_clip(3, 0, cfg)

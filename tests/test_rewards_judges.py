@@ -17,6 +17,7 @@ from prismaudio.metrics.judges import (
     SyncJudge,
 )
 from prismaudio.metrics.offline import expected_abs_offset, judge_path, window_bounds
+from prismaudio.procedural.synth.vocab import CLASS_NAMES
 from prismaudio.rewards import RewardContext, compute_rewards, get_reward
 
 SR = 16000
@@ -28,13 +29,13 @@ def judges_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("judges")
     torch.manual_seed(0)
     for kind, cls in (("semantic", SemanticJudge), ("sync", SyncJudge), ("quality", QualityJudge)):
-        cls().eval().save(out / kind)
+        (cls(CLASS_NAMES) if cls is SemanticJudge else cls()).eval().save(out / kind)
     return out
 
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory):
-    from prismaudio.data.synth import run_synth
+    from prismaudio.procedural.synth import run_synth
 
     out = tmp_path_factory.mktemp("corpus")
     manifest = run_synth(out, n=12, seed=0, workers=1, progress=False)
@@ -212,4 +213,7 @@ def test_missing_checkpoint_and_default_path(tmp_path, monkeypatch):
     monkeypatch.setenv("PRISMAUDIO_JUDGES", str(tmp_path / "j"))
     assert judge_path("sync") == tmp_path / "j" / "sync"
     monkeypatch.delenv("PRISMAUDIO_JUDGES")
-    assert judge_path("sync").parts[-3:] == ("models", "judges", "sync")
+    monkeypatch.delenv("PRISMAUDIO_ASSETS", raising=False)
+    assert judge_path("sync").parts[-4:] == ("prismaudio", "assets", "judges", "sync")
+    monkeypatch.setenv("PRISMAUDIO_ASSETS", str(tmp_path / "a"))  # replaces the shipped assets root
+    assert judge_path("sync") == tmp_path / "a" / "judges" / "sync"

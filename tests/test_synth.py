@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from prismaudio.data.synth import run_synth
-from prismaudio.data.synth.render import cause_patch
-from prismaudio.data.synth.scene import TEST_MULTI, TEST_SINGLE, assign_split
-from prismaudio.data.synth.writer import make_clip, select_ids
+from prismaudio.procedural.synth import run_synth
+from prismaudio.procedural.synth.render import cause_patch
+from prismaudio.procedural.synth.scene import TEST_MULTI, TEST_SINGLE, assign_split
+from prismaudio.procedural.synth.writer import make_clip, select_ids
 from prismaudio.io.video import read_frames
 from prismaudio.metrics.spatial import gcc_phat_itd
 
@@ -149,7 +149,7 @@ def test_split_proportions_dry_run():
 
 def test_cot_mentions_truth_and_varies(corpus):
     _, rows = corpus
-    from prismaudio.data.synth.vocab import BY_NAME
+    from prismaudio.procedural.synth.vocab import BY_NAME
 
     for r in rows:
         for s in r["scene"]["sources"]:

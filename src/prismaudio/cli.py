@@ -17,16 +17,17 @@ from typing import Any
 
 from .errors import PrismAudioError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL_NAME = "prismaudio-mini"
 
 
 def default_model_dir() -> Path | None:
-    """$PRISMAUDIO_MODEL, else the shipped `models/prismaudio-mini` of a source checkout."""
+    """$PRISMAUDIO_MODEL, else the shipped `prismaudio-mini` asset (`resources.asset_path`)."""
+    from .resources import asset_path
+
     env = os.environ.get("PRISMAUDIO_MODEL")
     if env:
         return Path(env)
-    shipped = REPO_ROOT / "models" / DEFAULT_MODEL_NAME
+    shipped = asset_path(DEFAULT_MODEL_NAME)
     return shipped if (shipped / "config.json").is_file() else None
 
 
@@ -38,7 +39,7 @@ def load_pipeline(spec: str | None):
         found = default_model_dir()
         if found is None:
             print(
-                f"prismaudio: warning: no trained default model found (models/{DEFAULT_MODEL_NAME}); "
+                f"prismaudio: warning: no trained default model found (the {DEFAULT_MODEL_NAME} asset); "
                 "using randomly initialised 'mini' weights, so the sound is not meaningful",
                 file=sys.stderr,
             )
@@ -230,7 +231,7 @@ def cmd_convert_official(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------- synth / extract
 def cmd_synth(args: argparse.Namespace) -> int:
-    from .data.synth import run_synth
+    from .procedural.synth import run_synth
 
     manifest = run_synth(
         args.out, n=args.n, seed=args.seed, split=args.split, workers=args.workers, duration=args.duration,
@@ -278,7 +279,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 def cmd_train_judges(args: argparse.Namespace) -> int:
     import json
 
-    from .metrics.train_judges import train_judges
+    from .procedural.train_judges import train_judges
 
     for name in ("semantic_steps", "sync_steps", "quality_steps"):
         if getattr(args, name) <= 0:
@@ -472,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="offline judges, or the real models of --real-config (missing roles: offline)")
     v.add_argument("--real-config", default=None, help="JSON/YAML: {role: {backend: NAME, path: ...}}")
     v.add_argument("--judges-dir", default=None,
-                   help="offline judges folder (default: $PRISMAUDIO_JUDGES or models/judges)")
+                   help="offline judges folder (default: $PRISMAUDIO_JUDGES or the shipped judges asset)")
     v.add_argument("--split", default="test", help="manifest split to evaluate, or 'all' (default: test)")
     v.add_argument("--limit", type=int, default=None, help="evaluate at most this many clips")
     v.add_argument("--spatial-mode", choices=["bewo", "paper"], default="paper",

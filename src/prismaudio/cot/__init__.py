@@ -1,7 +1,6 @@
 """Decomposed chain-of-thought (PrismAudio §3.2): the four-module `CoT`, its Table 3 renderings,
-parsing, the monolithic -> modules decoupler (Appendix D.2) and the video -> CoT planners."""
-
-from importlib.util import find_spec
+parsing, the monolithic -> modules decoupler (Appendix D.2) and the video -> CoT planners
+(the "offline" planner is a plugin of `prismaudio.procedural`, imported when first asked for)."""
 
 from .core import (
     MAX_MODULE_CHARS,
@@ -28,6 +27,7 @@ from .planners import (
     OpenAIPlanner,
     Planner,
     build_planner,
+    get_planner,
     list_planners,
     register_planner,
 )
@@ -35,11 +35,6 @@ from .planners import (
 __all__ = [
     "COT_PROMPT", "DECOUPLE_PROMPT", "MAX_MODULE_CHARS", "MAX_TOTAL_CHARS", "MINILM_TOKEN_LIMIT", "MODULES", "STYLES",
     "ChatClient", "CoT", "CoTParseError", "LocalVLMPlanner", "OpenAIPlanner", "Planner", "assign_sentences",
-    "build_planner", "classify_sentence", "decouple", "list_planners", "register_planner", "rule_based_decouple",
-    "split_sentences", "truncate_for_encoder",
+    "build_planner", "classify_sentence", "decouple", "get_planner", "list_planners", "register_planner",
+    "rule_based_decouple", "split_sentences", "truncate_for_encoder",
 ]
-
-if find_spec(f"{__name__}.offline") is not None:  # the offline planner registers itself as "offline"
-    from .offline import OfflinePlanner
-
-    __all__ += ["OfflinePlanner"]

@@ -3,7 +3,9 @@
 The paper's planner is VideoLLaMA2 fine-tuned on Gemini-2.5-Pro CoTs. Here a planner is anything
 registered under a name: `openai` (any OpenAI-compatible chat-completions endpoint with image input:
 vLLM, llama.cpp server, Ollama, a hosted API) and `local` (a transformers vision-language model from
-a local directory). Other modules add planners with `@register_planner("name")` (e.g. "offline").
+a local directory). Other modules add planners with `@register_planner("name")`. Planners that ship
+with the package but live outside `cot` (the procedural world's "offline") are listed by module name
+in `BUILTIN_PLUGINS` and imported only when asked for, so `cot` imports none of them.
 
 Both send the paper's CoT-generation prompt with evenly spaced key frames (the transformers and
 HTTP chat formats take images, not video) and ask for a JSON answer, then parse it with `CoT.parse`.
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 import base64
 import http.client
+import importlib
+import importlib.util
 import inspect
 import io
 import json
@@ -96,6 +100,32 @@ class Planner(ABC):
 P = TypeVar("P", bound=type[Planner])
 _REGISTRY: dict[str, type[Planner]] = {}
 
+# name -> module that registers that planner when imported. A string, imported with importlib on
+# first use: the procedural world plugs in here without the core depending on it.
+BUILTIN_PLUGINS: dict[str, str] = {"offline": "prismaudio.procedural.planner"}
+
+
+def _plugin_available(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is absent
+        return False
+
+
+def _load_plugin(name: str) -> None:
+    """Import the built-in plugin module of planner `name`, if it has one and it is not loaded yet."""
+    module = BUILTIN_PLUGINS.get(name)
+    if module is None or name in _REGISTRY:
+        return
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name and (module == e.name or module.startswith(e.name + ".")):  # the plugin itself is absent
+            raise PrismAudioError(f"planner {name!r} is not available: module {module} is not installed") from None
+        raise
+    if name not in _REGISTRY:
+        raise PrismAudioError(f"module {module} did not register the planner {name!r}")
+
 
 def register_planner(name: str) -> Callable[[P], P]:
     """Class decorator: make a Planner subclass buildable as `build_planner(name, **params)`."""
@@ -113,15 +143,21 @@ def register_planner(name: str) -> Callable[[P], P]:
 
 
 def list_planners() -> list[str]:
-    """Registered planner names, sorted."""
-    return sorted(_REGISTRY)
+    """Registered planner names and the installed built-in plugins (not imported), sorted."""
+    return sorted(set(_REGISTRY) | {n for n, m in BUILTIN_PLUGINS.items() if _plugin_available(m)})
+
+
+def get_planner(name: str) -> type[Planner]:
+    """The Planner class registered as `name`, importing its built-in plugin module first if needed."""
+    _load_plugin(name)
+    if name not in _REGISTRY:
+        raise PrismAudioError(f"unknown planner {name!r}; available: {', '.join(list_planners()) or 'none'}")
+    return _REGISTRY[name]
 
 
 def build_planner(name: str, **params: Any) -> Planner:
     """The planner registered as `name`, constructed with `params` (unknown ones: PrismAudioError)."""
-    if name not in _REGISTRY:
-        raise PrismAudioError(f"unknown planner {name!r}; available: {', '.join(list_planners()) or 'none'}")
-    cls = _REGISTRY[name]
+    cls = get_planner(name)
     sig = inspect.signature(cls.__init__)
     accepted = [p for p in list(sig.parameters)[1:] if sig.parameters[p].kind not in (
         inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
@@ -388,6 +424,7 @@ class LocalVLMPlanner(Planner):
 
 
 __all__ = [
+    "BUILTIN_PLUGINS",
     "COT_PROMPT",
     "MODULES",
     "ChatClient",
@@ -397,6 +434,7 @@ __all__ = [
     "build_planner",
     "build_prompt",
     "data_url",
+    "get_planner",
     "is_refusal",
     "key_frames",
     "list_planners",

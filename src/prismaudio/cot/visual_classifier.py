@@ -1,18 +1,20 @@
-"""A tiny CNN that names the corpus class of one tracked object from a crop of it.
+"""A tiny CNN that names the class of one tracked object from a crop of it.
 
-The offline CoT planner segments and tracks objects itself (`cot/offline.py`); this model only has to
-say *what* each tracked object is. Input: the object's bounding box, padded to a square, masked to
-its own pixels (so the room colour, which is random per clip, carries no signal) and resized to
-`crop` x `crop`, RGB + mask = 4 channels. Output: logits over the 12 corpus classes. One object has
-one class (softmax); a clip's multi-label answer is the set of its objects' classes.
+A planner that segments and tracks objects itself (the offline planner of `prismaudio.procedural`)
+only needs this model to say *what* each tracked object is. Input: the object's bounding box,
+padded to a square, masked to its own pixels (so the room colour, which is random per clip, carries
+no signal) and resized to `crop` x `crop`, RGB + mask = 4 channels. Output: logits over the classes
+its checkpoint lists. One object has one class (softmax); a clip's multi-label answer is the set of
+its objects' classes.
 
 Checkpoints follow the judges' format (`metrics/judges.py`): a directory with `config.json`
-({"model": "visual_classifier", "config": {...}}) + `model.safetensors`, loaded strictly.
+({"model": "visual_classifier", "config": {...}, "classes": [...]}) + `model.safetensors`, loaded
+strictly. The class names travel with the weights, so this module knows no vocabulary of its own.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,11 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.synth.vocab import CLASSES
 from ..errors import PrismAudioError
-from ..io.files import atomic_path
+from ..io.weights import load_state_into, read_model_dir, save_model_dir
 
-CLASS_NAMES = tuple(c.name for c in CLASSES)
 KIND = "visual_classifier"
 
 
@@ -57,16 +57,24 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 
 class VisualClassifier(nn.Module):
-    """Crop [B, 4, crop, crop] -> class logits [B, 12]. Three conv blocks + global mean/max pool."""
+    """Crop [B, 4, crop, crop] -> class logits [B, len(classes)]. Three conv blocks + global mean/max pool."""
 
-    defaults: ClassVar[dict[str, Any]] = {"width": 24, "crop": 32, "n_classes": len(CLASS_NAMES)}
+    defaults: ClassVar[dict[str, Any]] = {"width": 24, "crop": 32, "n_classes": None}  # None: len(classes)
 
-    def __init__(self, **config: Any):
+    def __init__(self, classes: Sequence[str], **config: Any):
         super().__init__()
         unknown = set(config) - set(self.defaults)
         if unknown:
             raise PrismAudioError(f"visual classifier: unknown config keys {sorted(unknown)}")
+        self.classes = tuple(str(c) for c in classes)
+        if not self.classes or len(set(self.classes)) != len(self.classes):
+            raise PrismAudioError(f"visual classifier: classes must be distinct names, got {list(self.classes)}")
         self.config = {**self.defaults, **config}
+        if self.config["n_classes"] is None:
+            self.config["n_classes"] = len(self.classes)
+        if int(self.config["n_classes"]) != len(self.classes):
+            raise PrismAudioError(f"visual classifier: n_classes {self.config['n_classes']} but "
+                                  f"{len(self.classes)} class names")
         w = int(self.config["width"])
         self.net = nn.Sequential(_block(4, w), _block(w, 2 * w), _block(2 * w, 4 * w))
         self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(8 * w, int(self.config["n_classes"])))
@@ -81,7 +89,7 @@ class VisualClassifier(nn.Module):
 
     @torch.no_grad()
     def probs(self, crops: Tensor) -> Tensor:
-        """[B, 12] class posteriors (eval mode, no grad)."""
+        """[B, len(classes)] class posteriors (eval mode, no grad)."""
         was = self.training
         self.eval()
         out = self(crops).softmax(-1)
@@ -89,35 +97,18 @@ class VisualClassifier(nn.Module):
         return out
 
     def save(self, out_dir: str | Path) -> Path:
-        from safetensors.torch import save_file
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out / "model.safetensors") as tmp:
-            save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, tmp)
-        with atomic_path(out / "config.json") as tmp:
-            Path(tmp).write_text(json.dumps({"model": KIND, "config": self.config,
-                                             "classes": list(CLASS_NAMES)}, indent=2) + "\n")
-        return out
+        return save_model_dir(out_dir, self, {"model": KIND, "config": self.config, "classes": list(self.classes)})
 
     @classmethod
     def load(cls, path: str | Path) -> VisualClassifier:
-        from safetensors.torch import load_file
-
         p = Path(path)
-        try:
-            meta = json.loads((p / "config.json").read_text())
-            state = load_file(str(p / "model.safetensors"))
-        except (OSError, ValueError) as e:
-            raise PrismAudioError(f"cannot read visual classifier checkpoint {p}: {e}") from None
+        meta, state = read_model_dir(p, "visual classifier")
         if meta.get("model") != KIND:
             raise PrismAudioError(f"{p} holds a '{meta.get('model')}' model, not a '{KIND}'")
-        if tuple(meta.get("classes", CLASS_NAMES)) != CLASS_NAMES:
-            raise PrismAudioError(f"visual classifier {p} was trained on other classes: {meta.get('classes')}")
-        model = cls(**meta.get("config", {}))
-        own = model.state_dict()
-        bad = sorted(set(own) ^ set(state)) + sorted(k for k in own if k in state and own[k].shape != state[k].shape)
-        if bad:
-            raise PrismAudioError(f"visual classifier checkpoint {p} does not match its config: {bad[:5]}")
-        model.load_state_dict(state, strict=True)
-        return model.eval()
+        classes, config = meta.get("classes"), meta.get("config", {})
+        if not isinstance(classes, list) or not classes:
+            raise PrismAudioError(f"visual classifier {p}: config.json lists no classes")
+        if not isinstance(config, dict):
+            raise PrismAudioError(f"visual classifier {p}: config.json's 'config' is not an object")
+        model = cls(classes, **config)
+        return load_state_into(model, state, p, "visual classifier").eval()

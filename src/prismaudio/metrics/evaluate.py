@@ -332,7 +332,7 @@ def evaluate(
     """Evaluate GT and every generated system over the manifest's `split` ("all" / None: every row).
 
     `generated` maps a system name to its folder. `judges_dir` overrides the offline judges'
-    folder (default `$PRISMAUDIO_JUDGES` or ``models/judges``). Returns the report and the
+    folder (default `$PRISMAUDIO_JUDGES` or the shipped ``judges`` asset). Returns the report and the
     per-clip values (`EvalResults`).
     """
     from tqdm import tqdm

@@ -1,4 +1,4 @@
-"""Measures that need the scene graph of the procedural benchmark (`prismaudio.data.synth`).
+"""Measures that need the scene graph of the procedural benchmark (`prismaudio.procedural.synth`).
 
 Every function takes the generated audio [2, S] (tensor or array), its sample rate and the clip's
 `scene` dict, and returns a `Measure(value, reason)`: `reason` is None when the measure applies and

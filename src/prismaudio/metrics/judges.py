@@ -1,13 +1,14 @@
 """Offline judges standing in for the real reward/metric models (CLAP, Synchformer, Audiobox Aesthetics).
 
-They are small CPU models trained on the procedural corpus (see `train_judges.py`); their numbers are
-*proxies* with the same shape and range as the real ones, not the real ones.
+They are small CPU models trained on the procedural corpus (`prismaudio.procedural.train_judges`);
+their numbers are *proxies* with the same shape and range as the real ones, not the real ones. This
+module knows no corpus: the class names a judge predicts travel in its own checkpoint.
 
 - `SemanticJudge` (CLAP-style): log-mel of the mono mix -> small 1-D CNN over time -> audio embedding; the frozen
   pretrained MiniLM text tower (mean-pooled token states) -> learned MLP projection; trained with a
   symmetric InfoNCE (learnable temperature; texts of clips with the same class set count as positives).
-  A multi-label class head (12 corpus classes) on the audio features gives posteriors for KL / class
-  recall; `embed_audio` gives L2-normalised joint-space embeddings for FD.
+  A multi-label class head (the `classes` its checkpoint lists) on the audio features gives posteriors
+  for KL / class recall; `embed_audio` gives L2-normalised joint-space embeddings for FD.
 - `SyncJudge` (Synchformer-style): predicts the audio-video offset on the 21-class grid -2..+2 s (0.2 s
   step). Sign: a positive offset means the audio is *late* (an event is heard after it is seen). Per-frame
   video features (16x16 frame + frame difference -> MLP -> temporal convs) and audio features (log-mel at a
@@ -19,14 +20,15 @@ They are small CPU models trained on the procedural corpus (see `train_judges.py
   PC = min(10, 1 + 3 * (n_sources - 1)) (one source: 1, two: 4, three: 7).
   CE and CU have no ground truth in the corpus and are not produced.
 
-Each judge saves to a directory: `config.json` ({"judge": kind, "config": {...}}) + `model.safetensors`,
-and loads strictly (every tensor present with its exact shape, nothing extra).
+Each judge saves to a directory: `config.json` ({"judge": kind, "config": {...}}, plus "classes": [...]
+for the semantic judge) + `model.safetensors`, and loads strictly (every tensor present with its
+exact shape, nothing extra; `io.weights`).
 """
 
 from __future__ import annotations
 
-import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -35,16 +37,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.synth.vocab import CLASSES
 from ..errors import PrismAudioError
-from ..io.files import atomic_path
+from ..io.weights import load_state_into, read_model_dir, save_model_dir
 
 SAMPLE_RATE = 16000
 FPS = 25
 GRID_STEP_S = 0.2
 N_LAGS = 21  # offsets -2.0 .. +2.0 s
 OFFSET_GRID = torch.tensor([round(GRID_STEP_S * k, 1) for k in range(-(N_LAGS // 2), N_LAGS // 2 + 1)])
-CLASS_NAMES = tuple(c.name for c in CLASSES)
 
 
 def pq_target(degradation: dict | None) -> float:
@@ -159,46 +159,48 @@ class _Judge(nn.Module):
             raise PrismAudioError(f"{self.kind} judge: unknown config keys {sorted(unknown)}")
         self.config = {**self.defaults, **config}
 
-    def save(self, out_dir) -> Path:
-        from safetensors.torch import save_file
+    def meta(self) -> dict[str, Any]:
+        """What `config.json` holds: enough to rebuild the judge before its weights are loaded."""
+        return {"judge": self.kind, "config": self.config}
 
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out / "model.safetensors") as tmp:
-            save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, tmp)
-        with atomic_path(out / "config.json") as tmp:
-            Path(tmp).write_text(json.dumps({"judge": self.kind, "config": self.config}, indent=2) + "\n")
-        return out
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any], where: Path) -> _Judge:
+        config = meta.get("config", {})
+        if not isinstance(config, dict):
+            raise PrismAudioError(f"judge checkpoint {where}: config.json's 'config' is not an object")
+        return cls(**config)
+
+    def save(self, out_dir) -> Path:
+        return save_model_dir(out_dir, self, self.meta())
 
     @classmethod
     def load(cls, path) -> _Judge:
-        from safetensors.torch import load_file
-
         p = Path(path)
-        try:
-            meta = json.loads((p / "config.json").read_text())
-            state = load_file(str(p / "model.safetensors"))
-        except (OSError, ValueError) as e:
-            raise PrismAudioError(f"cannot read judge checkpoint {p}: {e}") from None
+        meta, state = read_model_dir(p, "judge")
         if meta.get("judge") != cls.kind:
             raise PrismAudioError(f"{p} holds a '{meta.get('judge')}' judge, not '{cls.kind}'")
-        model = cls(**meta.get("config", {}))
-        own = model.state_dict()
-        bad = sorted(set(own) ^ set(state)) + sorted(k for k in own if k in state and own[k].shape != state[k].shape)
-        if bad:
-            raise PrismAudioError(f"judge checkpoint {p} does not match its config: {bad[:5]}")
-        model.load_state_dict(state, strict=True)
-        return model.eval()
+        return _build(cls, meta, state, p)
+
+
+def _build(cls: type[_Judge], meta: dict[str, Any], state: dict[str, Tensor], where: Path) -> _Judge:
+    return load_state_into(cls.from_meta(meta, where), state, where, "judge").eval()
 
 
 class SemanticJudge(_Judge):
     kind = "semantic"
-    defaults: ClassVar[dict[str, Any]] = {"width": 128, "embed_dim": 128, "text_dim": 384, "n_classes": len(CLASS_NAMES),
-                "text_encoder": {"name": "minilm"}}
+    defaults: ClassVar[dict[str, Any]] = {"width": 128, "embed_dim": 128, "text_dim": 384, "n_classes": None,
+                "text_encoder": {"name": "minilm"}}  # n_classes None: len(classes)
 
-    def __init__(self, **config: Any):
+    def __init__(self, classes: Sequence[str], **config: Any):
         super().__init__(**config)
+        self.classes = tuple(str(n) for n in classes)  # the class head's order
+        if not self.classes or len(set(self.classes)) != len(self.classes):
+            raise PrismAudioError(f"semantic judge: classes must be distinct names, got {list(self.classes)}")
         c = self.config
+        if c["n_classes"] is None:
+            c["n_classes"] = len(self.classes)
+        if int(c["n_classes"]) != len(self.classes):
+            raise PrismAudioError(f"semantic judge: n_classes {c['n_classes']} but {len(self.classes)} class names")
         self.trunk = AudioTrunk(c["width"])
         self.audio_proj = nn.Linear(self.trunk.out_dim, c["embed_dim"])
         self.text_proj = nn.Sequential(nn.Linear(c["text_dim"], 256), nn.GELU(), nn.Linear(256, c["embed_dim"]))
@@ -206,6 +208,18 @@ class SemanticJudge(_Judge):
         self.class_head = nn.Linear(self.trunk.out_dim, c["n_classes"])
         self._text: list = []  # the frozen text encoder, outside the state dict
         self._text_cache: dict[str, Tensor] = {}
+
+    def meta(self) -> dict[str, Any]:
+        return {**super().meta(), "classes": list(self.classes)}
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any], where: Path) -> SemanticJudge:
+        classes, config = meta.get("classes"), meta.get("config", {})
+        if not isinstance(classes, list) or not classes:
+            raise PrismAudioError(f"semantic judge {where}: config.json lists no classes")
+        if not isinstance(config, dict):
+            raise PrismAudioError(f"judge checkpoint {where}: config.json's 'config' is not an object")
+        return cls(classes, **config)
 
     def text_features(self, texts: list[str]) -> Tensor:
         """Mean-pooled frozen MiniLM token states [B, 384] (cached per text)."""
@@ -238,7 +252,7 @@ class SemanticJudge(_Judge):
         return self.embed_mono(to_mono16k(audio, sr))[0]
 
     def class_posteriors(self, audio, sr: int) -> Tensor:
-        """Independent (multi-label) class probabilities [B, 12], order `CLASS_NAMES`."""
+        """Independent (multi-label) class probabilities [B, C], order `self.classes`."""
         return torch.sigmoid(self.embed_mono(to_mono16k(audio, sr))[1])
 
     def score(self, audio, sr: int, texts: list[str]) -> Tensor:
@@ -342,10 +356,9 @@ JUDGES = {j.kind: j for j in (SemanticJudge, SyncJudge, QualityJudge)}
 
 def load_judge(path) -> _Judge:
     """Load any judge directory, dispatching on its config.json."""
-    try:
-        kind = json.loads((Path(path) / "config.json").read_text()).get("judge")
-    except (OSError, ValueError) as e:
-        raise PrismAudioError(f"cannot read judge checkpoint {path}: {e}") from None
+    p = Path(path)
+    meta, state = read_model_dir(p, "judge")
+    kind = meta.get("judge")
     if kind not in JUDGES:
         raise PrismAudioError(f"{path}: unknown judge kind {kind!r}")
-    return JUDGES[kind].load(path)
+    return _build(JUDGES[kind], meta, state, p)

@@ -7,13 +7,13 @@ name                role        what it wraps
 ``judge_sync``      desync      `SyncJudge.logits` on the av-benchmark windows (below)
 ``judge_quality``   aesthetics  `QualityJudge.score` -> {"PQ", "PC"} only (CE / CU absent)
 ``judge_embedder``  embedder    `SemanticJudge.embed_audio` (FD)
-``judge_classifier`` classifier `SemanticJudge` class logits [B, 12] / sigmoid posteriors (KL,
-                                class recall)
+``judge_classifier`` classifier `SemanticJudge` class logits [B, C] / sigmoid posteriors (KL,
+                                class recall; names from the checkpoint)
 ==================  ==========  ==============================================================
 
 Every factory takes ``path=``: the judge directory (``config.json`` + ``model.safetensors``). By
-default it is ``$PRISMAUDIO_JUDGES/<kind>`` when the environment variable is set, else
-``models/judges/<kind>`` of the source checkout (kind: semantic, sync, quality). Loaded judges are
+default it is ``$PRISMAUDIO_JUDGES/<kind>`` when the environment variable is set, else the shipped
+``judges/<kind>`` asset (`resources.asset_path`; kind: semantic, sync, quality). Loaded judges are
 cached per resolved path, so building the five backends loads the semantic judge once. A missing
 checkpoint is one `PrismAudioError` that says how to train them (``prismaudio train-judges`` /
 ``make judges``).
@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from ..errors import PrismAudioError
+from ..resources import asset_path
 from .backends import register_backend
 from .judges import (
     FPS,
@@ -48,7 +49,6 @@ from .judges import (
     to_mono16k,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
 JUDGES_ENV = "PRISMAUDIO_JUDGES"
 WINDOW_S = 4.8
 SILENCE_PEAK = 1e-6
@@ -57,9 +57,9 @@ _CACHE: dict[str, _Judge] = {}
 
 
 def default_judges_dir() -> Path:
-    """``$PRISMAUDIO_JUDGES`` when set, else ``<repo>/models/judges``."""
+    """``$PRISMAUDIO_JUDGES`` when set, else the shipped ``judges`` asset (see `resources`)."""
     env = os.environ.get(JUDGES_ENV)
-    return Path(env).expanduser() if env else REPO_ROOT / "models" / "judges"
+    return Path(env).expanduser() if env else asset_path("judges")
 
 
 def judge_path(kind: str, path: str | os.PathLike | None = None) -> Path:
@@ -74,7 +74,7 @@ def load_cached(kind: str, path: str | os.PathLike | None = None) -> _Judge:
         if not (p / "config.json").is_file() or not (p / "model.safetensors").is_file():
             raise PrismAudioError(
                 f"offline {kind} judge not found at {p} (config.json + model.safetensors); train the judges "
-                f"with `prismaudio train-judges --corpus CORPUS --out models/judges` (or `make judges`), "
+                f"with `prismaudio train-judges --corpus CORPUS --out DIR` (or `make judges`), "
                 f"or point ${JUDGES_ENV} / path= at a judges directory"
             )
         judge = load_judge(p)
@@ -255,7 +255,7 @@ class JudgeEmbedder:
 
 @register_backend("judge_classifier", "classifier")
 class JudgeClassifier:
-    """Classifier role from the semantic judge's 12-class head (`judges.CLASS_NAMES` order).
+    """Classifier role from the semantic judge's class head (`class_names`: its checkpoint's classes, in order).
 
     The head is multi-label (sigmoid): `posteriors` are independent class probabilities (class
     recall uses > 0.5); `logits` are the raw scores, which KL turns into a softmax distribution
@@ -265,9 +265,7 @@ class JudgeClassifier:
 
     def __init__(self, path: str | None = None) -> None:
         self.judge: SemanticJudge = load_cached("semantic", path)  # type: ignore[assignment]
-        from .judges import CLASS_NAMES
-
-        self.class_names = CLASS_NAMES
+        self.class_names = self.judge.classes
 
     @torch.no_grad()
     def logits(self, audio: Any, sr: int) -> Tensor:

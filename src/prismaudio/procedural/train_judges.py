@@ -1,9 +1,13 @@
-"""Training and evaluating the offline judges (`judges.py`) on the procedural corpus.
+"""Training and evaluating the offline judges (`metrics/judges.py`) on the procedural corpus.
 
-Reproduce (2 CPU cores; corpus ~2 min, training + evaluation ~15 min):
+It lives with the procedural world because it needs that world's ground truth: its class
+vocabulary (stored in the semantic judge's config.json, so the judges themselves need no
+vocabulary), its scene graphs as targets and its own `degrade` for augmentation.
 
-    python -c "from prismaudio.data.synth import run_synth; run_synth('/tmp/judge_corpus', n=2400, seed=0, workers=2)"
-    python -c "from prismaudio.metrics.train_judges import train_judges; print(train_judges('/tmp/judge_corpus', '/tmp/judges'))"
+Reproduce (2 CPU cores; corpus ~2 min, training + evaluation ~15 min), or `prismaudio train-judges`:
+
+    python -c "from prismaudio.procedural.synth import run_synth; run_synth('/tmp/judge_corpus', n=2400, seed=0, workers=2)"
+    python -c "from prismaudio.procedural.train_judges import train_judges; print(train_judges('/tmp/judge_corpus', '/tmp/judges'))"
 
 The train split trains all three judges (decoded mono audio and 16x16 frames cached in memory); the test split
 evaluates them and `metrics.json` is written beside the checkpoints (`semantic/`, `sync/`, `quality/`):
@@ -32,8 +36,7 @@ from torch import Tensor
 
 from ..errors import PrismAudioError
 from ..io.files import atomic_path
-from .judges import (
-    CLASS_NAMES,
+from ..metrics.judges import (
     N_LAGS,
     QualityJudge,
     SemanticJudge,
@@ -44,9 +47,10 @@ from .judges import (
     pq_target,
     shift_audio,
 )
+from .synth.sounds import degrade
+from .synth.vocab import BY_NAME, CLASS_NAMES
 
 _IDX = {n: i for i, n in enumerate(CLASS_NAMES)}
-_LABELS = {}
 
 
 def class_prompt(labels: list[str]) -> str:
@@ -54,11 +58,7 @@ def class_prompt(labels: list[str]) -> str:
 
 
 def _label_of(name: str) -> str:
-    if not _LABELS:
-        from ..data.synth.vocab import CLASSES
-
-        _LABELS.update({c.name: c.label for c in CLASSES})
-    return _LABELS[name]
+    return BY_NAME[name].label
 
 
 @dataclass
@@ -195,8 +195,6 @@ def degrade_batch(data: JudgeData, idx: Tensor, rng: np.random.Generator, p: flo
     `degrade` (random kind, severity ~ U(0.15, 1), on the stereo mix as the renderer does). Why: the
     corpus degrades only ~25% of its clips, too few for the judge to calibrate three kinds of damage
     against one another; re-drawing the same generative process gives unlimited labelled examples."""
-    from ..data.synth.sounds import degrade
-
     mono, degs = [], []
     for i in idx.tolist():
         deg = data.rows[i]["scene"]["degradation"]
@@ -298,7 +296,7 @@ def train_judges(corpus, out_dir, semantic_steps: int = 1200, sync_steps: int = 
     test = JudgeData.from_manifest(corpus, "test", limit=limit)
     if log:
         log(f"decoded {len(train.rows)} train / {len(test.rows)} test clips in {time.time() - t0:.0f} s")
-    sem, sync, qual = SemanticJudge(), SyncJudge(), QualityJudge()
+    sem, sync, qual = SemanticJudge(CLASS_NAMES), SyncJudge(), QualityJudge()
     times = {}
     for name, fit, model, steps in (("semantic", fit_semantic, sem, semantic_steps), ("sync", fit_sync, sync, sync_steps),
                                     ("quality", fit_quality, qual, quality_steps)):

@@ -1,9 +1,11 @@
 """Offline CoT planner: reads a silent video itself and writes the four-part chain-of-thought.
 
 No language model and no network: classical image analysis finds and tracks the objects and their
-visual events, a tiny CNN (`visual_classifier.py`) names each object, and the corpus's own sentence
-generator (`data/synth/cot.py`) renders an *estimated scene graph*, so the text has exactly the
-training distribution's style.
+visual events, a tiny CNN (`cot/visual_classifier.py`, the shipped `visual_classifier` asset) names
+each object, and the corpus's own sentence generator (`synth/cot.py`) renders an *estimated scene
+graph*, so the text has exactly the training distribution's style. It lives with the procedural
+world because every step assumes that world (its room, floor line, sprites and vocabulary); the
+core finds it as the planner named "offline" through `cot.planners`' table of built-in plugins.
 
 Analysis, per clip (decoded at its native frame rate and size):
 - background: per-row median colour over all columns and frames (the room is flat per row; objects
@@ -38,19 +40,19 @@ import torch
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
-from ..data.synth import cot as corpus_cot
-from ..data.synth.render import _mask as shape_mask
-from ..data.synth.scene import FLOOR
-from ..data.synth.vocab import BY_NAME, CLASSES
+from ..cot.core import CoT
+from ..cot.planners import Planner, register_planner
+from ..cot.visual_classifier import VisualClassifier, make_crop
 from ..errors import PrismAudioError
 from ..io.files import check_input_file
 from ..io.video import probe_video, read_frames
-from .core import CoT
-from .planners import Planner, register_planner
-from .visual_classifier import CLASS_NAMES, VisualClassifier, make_crop
+from ..resources import asset_path
+from .synth import cot as corpus_cot
+from .synth.render import shape_mask
+from .synth.scene import FLOOR
+from .synth.vocab import BY_NAME, CLASS_NAMES, CLASSES
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-DEFAULT_CLASSIFIER = REPO_ROOT / "models" / "visual_classifier"
+CLASSIFIER_ASSET = "visual_classifier"
 PARTS = ("semantic", "temporal", "aesthetic", "spatial")
 
 MAX_SIZE = 192  # px analysed at most (the corpus is 96 px; keeps memory bounded on large videos)
@@ -457,7 +459,7 @@ def assign_classes(probs: np.ndarray, behaviour: list[str], allowed: list[str] |
 
 
 def scene_graph(an: Analysis, classes: list[str]) -> dict[str, Any]:
-    """An estimated scene graph with the fields `data/synth/cot.py` reads."""
+    """An estimated scene graph with the fields `synth/cot.py` reads."""
     T, H, _, _ = an.frames.shape
     sources = []
     for tr, cls in sorted(zip(an.tracks, classes), key=lambda t: (t[0].first, np.nanmean(t[0].col))):
@@ -501,9 +503,27 @@ def render_parts(scene: dict[str, Any], seed: int = 0, caption: str | None = Non
     return {k: parts[k] for k in PARTS}
 
 
+def default_classifier() -> Path:
+    """The shipped visual classifier (`resources.asset_path`, so `$PRISMAUDIO_ASSETS` applies)."""
+    return asset_path(CLASSIFIER_ASSET)
+
+
+def check_classifier(model: VisualClassifier, where: str | Path = "given") -> VisualClassifier:
+    """`model`, if its classes are this world's vocabulary in order (the behaviour prior and the
+    sentences map posteriors to vocabulary classes by index); else one clear error."""
+    if model.classes != CLASS_NAMES:
+        raise PrismAudioError(f"visual classifier {where} was trained on other classes: {list(model.classes)}")
+    return model
+
+
+def load_classifier(path: str | Path) -> VisualClassifier:
+    """Load a visual classifier checkpoint and check it names this world's classes."""
+    return check_classifier(VisualClassifier.load(path), path)
+
+
 @functools.lru_cache(maxsize=4)
 def _load_classifier(path: str) -> VisualClassifier:
-    return VisualClassifier.load(path)
+    return load_classifier(path)
 
 
 def estimate_scene(video: str | Path, classifier: VisualClassifier | str | Path | None = None,
@@ -516,8 +536,8 @@ def estimate_scene(video: str | Path, classifier: VisualClassifier | str | Path 
 def scene_from_frames(frames: np.ndarray, fps: float, classifier: VisualClassifier | str | Path | None = None,
                       caption: str | None = None) -> dict[str, Any]:
     """Estimated scene graph of [T, H, W, 3] frames in [0, 1] (see `estimate_scene`)."""
-    model = classifier if isinstance(classifier, VisualClassifier) else _load_classifier(
-        str(classifier if classifier is not None else DEFAULT_CLASSIFIER))
+    model = check_classifier(classifier) if isinstance(classifier, VisualClassifier) else _load_classifier(
+        str(classifier if classifier is not None else default_classifier()))
     an = analyse_frames(frames, fps)
     if an.tracks:
         probs = np.stack([model.probs(track_crops(an, tr, size=model.crop)).mean(0).numpy() for tr in an.tracks])
@@ -542,9 +562,9 @@ class OfflinePlanner(Planner):
     """Planner "offline": the four CoT parts from the video alone (no LLM, no network)."""
 
     def __init__(self, classifier_path: str | Path | None = None, seed: int = 0):
-        self.classifier_path = Path(classifier_path) if classifier_path is not None else DEFAULT_CLASSIFIER
+        self.classifier_path = Path(classifier_path) if classifier_path is not None else default_classifier()
         self.seed = int(seed)
-        self.classifier = VisualClassifier.load(self.classifier_path)
+        self.classifier = load_classifier(self.classifier_path)
 
     def plan(self, video_path: str | os.PathLike, caption: str | None = None) -> CoT:
         """The four CoT parts of the video; a caption naming corpus classes fixes the object classes."""

@@ -52,3 +52,4 @@ CLASSES: tuple[SoundClass, ...] = (
 
 BY_NAME = {c.name: c for c in CLASSES}
 FAMILIES = ("impact", "tonal", "continuous", "texture")
+CLASS_NAMES = tuple(c.name for c in CLASSES)  # the order of every class head trained on this world

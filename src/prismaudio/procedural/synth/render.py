@@ -30,8 +30,10 @@ def geometry(scene: dict, src: dict, frame: int) -> tuple[int, int, int]:
     return cx, bottom, r
 
 
-def _mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: int) -> np.ndarray:
-    """dy measured from the shape's centre (down positive); shapes span rows [-r, r]."""
+def shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: int) -> np.ndarray:
+    """Pixels of a class `shape` of radius r at offsets (dx, dy) from its centre (dy down positive;
+    shapes span rows [-r, r]). Public because the offline planner inverts sprite size -> distance
+    with the very masks the renderer draws."""
     if shape == "circle":
         return dx * dx + dy * dy <= r * r + r
     if shape == "square":
@@ -87,7 +89,7 @@ def _sprite(src: dict, size: int) -> tuple[np.ndarray, np.ndarray, int, int]:
     w = 2 * r + 1 if cls.shape not in ("rect", "ellipse", "cloud", "leaf") else 2 * r + 2
     dy = np.arange(-r, r + 1)[:, None]
     dx = np.arange(-w, w + 1)[None]
-    mask = _mask(cls.shape, dx, dy, r)
+    mask = shape_mask(cls.shape, dx, dy, r)
     tex = np.broadcast_to(_texture(cls.texture, dx, dy, 0), mask.shape)
     col = np.asarray(cls.color, np.float32)[None, None] * tex[..., None].astype(np.float32)
     return mask, col, r, w

@@ -7,11 +7,12 @@ follows (`match_tracks`). Train on the train split, pick the epoch by val accura
 Reproduce the shipped checkpoint (took 11.4 min on 2 busy shared CPU cores; ~5 of it decoding + tracking):
 
     prismaudio synth --out /tmp/judge_corpus --n 2400 --seed 0 --workers 2
-    python -m prismaudio.cot.train_visual --corpus /tmp/judge_corpus --out models/visual_classifier \
-        --train-clips 1000
+    python -m prismaudio.procedural.train_visual --corpus /tmp/judge_corpus \
+        --out src/prismaudio/assets/visual_classifier --train-clips 1000
 
 (`--train-clips` omitted uses all 1,920 train clips, ~2x the time.) Then measure with
-`python benchmarks/bench_cot_offline.py --metrics models/visual_classifier/metrics.json`.
+`python benchmarks/bench_cot_offline.py --metrics src/prismaudio/assets/visual_classifier/metrics.json`.
+The class names are this world's vocabulary; they are saved in the checkpoint's config.json.
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-from ..data.synth.render import radius
+from ..cot.visual_classifier import VisualClassifier
 from ..errors import PrismAudioError
 from ..io.files import atomic_path
-from .offline import Analysis, analyse_frames, load_frames, track_crops
-from .visual_classifier import CLASS_NAMES, VisualClassifier
+from .planner import Analysis, analyse_frames, load_frames, track_crops
+from .synth.render import radius
+from .synth.vocab import CLASS_NAMES
 
 MATCH_PX = 6.0  # mean centre distance (px) below which a track follows a ground-truth source
 
@@ -124,7 +126,7 @@ def fit(x: torch.Tensor, y: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor, ep
     """Adam + cosine schedule; returns the best-val-accuracy model and its history."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    model = VisualClassifier(width=width, crop=int(x.shape[-1]))
+    model = VisualClassifier(CLASS_NAMES, width=width, crop=int(x.shape[-1]))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     steps = epochs * max(1, (len(x) + 127) // 128)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
@@ -151,7 +153,7 @@ def fit(x: torch.Tensor, y: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor, ep
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m prismaudio.cot.train_visual", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m prismaudio.procedural.train_visual", description=__doc__.split("\n")[0])
     ap.add_argument("--corpus", required=True, type=Path, help="synth corpus (manifest.jsonl, video/)")
     ap.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
     ap.add_argument("--epochs", type=int, default=12)
