@@ -241,23 +241,27 @@ def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
     return from_dict(ModelConfig, data)
 
 
-def load_model_config(path: str | Path) -> ModelConfig:
-    """Read `config.json` (or YAML) into a validated `ModelConfig`."""
+def read_config_file(path: str | Path, what: str = "config", yaml_syntax: bool = False) -> Any:
+    """The parsed content of a config file (YAML for .yaml / .yml or when `yaml_syntax`, else
+    JSON), or one `PrismAudioError` naming the file (unreadable, unparsable)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
-        raise PrismAudioError(f"cannot read config {path}: {e.strerror or e}") from None
+        raise PrismAudioError(f"cannot read {what} {path}: {e.strerror or e}") from None
     try:
-        if path.suffix in (".yaml", ".yml"):
+        if yaml_syntax or path.suffix in (".yaml", ".yml"):
             import yaml
 
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
+            return yaml.safe_load(text)
+        return json.loads(text)
     except Exception as e:  # noqa: BLE001 - any parse failure is a bad-input error
-        raise PrismAudioError(f"cannot parse config {path}: {e}") from None
-    return model_config_from_dict(data)
+        raise PrismAudioError(f"cannot parse {what} {path}: {e}") from None
+
+
+def load_model_config(path: str | Path) -> ModelConfig:
+    """Read `config.json` (or YAML) into a validated `ModelConfig`."""
+    return model_config_from_dict(read_config_file(path))
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

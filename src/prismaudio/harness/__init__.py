@@ -11,7 +11,8 @@
 from .config import DataConfig, OptimConfig, load_run_config
 from .ema import EMA
 from .optim import build_optimizer, lr_lambda
-from .run import CHECKPOINTS, FINAL, EpochSampler, RunHarness, build_pipeline, seed_everything
+from .run import CHECKPOINTS, FINAL, EpochSampler, RunHarness, build_pipeline, print_log, seed_everything
 
 __all__ = ["CHECKPOINTS", "EMA", "FINAL", "DataConfig", "EpochSampler", "OptimConfig", "RunHarness",
-           "build_optimizer", "build_pipeline", "load_run_config", "lr_lambda", "seed_everything"]
+           "build_optimizer", "build_pipeline", "load_run_config", "lr_lambda", "print_log",
+           "seed_everything"]

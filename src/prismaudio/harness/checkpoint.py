@@ -29,10 +29,11 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
 from ..errors import PrismAudioError
+from ..io.weights import read_safetensors
 
 LATEST = "latest"
 STATE_JSON = "state.json"
@@ -218,15 +219,6 @@ def prune(root: Path, keep_last: int) -> None:
 
 
 # ------------------------------------------------------------------------------ reading
-def _load_tensors(path: Path) -> dict[str, Tensor]:
-    try:
-        return load_file(path)
-    except FileNotFoundError:
-        raise PrismAudioError(f"checkpoint file {path} is missing") from None
-    except (SafetensorError, OSError) as e:
-        raise PrismAudioError(f"cannot read checkpoint file {path}: {e}") from None
-
-
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     """The JSON half of a checkpoint (cheap: lets a run refuse a foreign checkpoint before any work)."""
     d = Path(path)
@@ -243,11 +235,11 @@ def load_state(path: str | os.PathLike) -> TrainingState:
     """Read one checkpoint directory written by `save_state`."""
     d = Path(path)
     meta = read_meta(d)
-    optimizer = unflatten_optimizer(_load_tensors(d / "optimizer.safetensors"), meta["optimizer"])
+    optimizer = unflatten_optimizer(read_safetensors(d / "optimizer.safetensors"), meta["optimizer"])
     return TrainingState(
         step=int(meta["step"]), epoch=int(meta["epoch"]), position=int(meta["position"]),
-        model=_load_tensors(d / "model.safetensors"), ema=_load_tensors(d / "ema.safetensors"),
-        optimizer=optimizer, scheduler=meta["scheduler"], rng=_load_tensors(d / "rng.safetensors"),
+        model=read_safetensors(d / "model.safetensors"), ema=read_safetensors(d / "ema.safetensors"),
+        optimizer=optimizer, scheduler=meta["scheduler"], rng=read_safetensors(d / "rng.safetensors"),
         python_rng=meta["python_rng"], numpy_rng=meta["numpy_rng"], config=meta["config"],
         model_config=meta["model_config"], world_size=int(meta.get("world_size", 1)),
     )

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from ..config import PRESETS, apply_overrides, from_dict
+from ..config import PRESETS, apply_overrides, from_dict, read_config_file
 from ..errors import PrismAudioError
 
 SCHEDULES = ("cosine", "constant")
@@ -142,17 +142,8 @@ def load_run_config(path: str | Path, from_mapping: Callable[[dict[str, Any], Se
     """Read a YAML run config with `from_mapping`; one `PrismAudioError` naming the file on any
     problem. Relative `data.manifest` / `data.cache_dir` / `data.features` / `model` paths are
     taken relative to the YAML file's folder when they exist there, else to the working directory."""
-    import yaml
-
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise PrismAudioError(f"cannot read {what} {p}: {e.strerror or e}") from None
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise PrismAudioError(f"cannot parse {what} {p}: {e}") from None
+    data = read_config_file(p, what, yaml_syntax=True) or {}
     try:
         cfg = from_mapping(data, overrides)
     except PrismAudioError as e:

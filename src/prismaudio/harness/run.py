@@ -39,6 +39,11 @@ CHECKPOINTS = "checkpoints"
 FINAL = "final"
 
 
+def print_log(msg: str) -> None:
+    """A run's default log: one flushed line on stdout (rank 0 only, see `RunHarness.log`)."""
+    print(msg, flush=True)
+
+
 def seed_everything(seed: int) -> None:
     """Python, NumPy and torch's global RNGs (module init, anything not on the run's generator)."""
     random.seed(seed)

@@ -16,15 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..harness.config import (
-    DataConfig,
-    OptimConfig,
-    checker,
-    config_from_mapping,
-    load_run_config,
-    validate_data,
-    validate_optim,
-)
+from ..harness import config as runcfg
+from ..harness.config import DataConfig, OptimConfig
 
 MODES = ("fast", "flow")
 ALGORITHMS = ("grpo", "sft", "rwr", "dpo")
@@ -112,7 +105,7 @@ class GRPOConfig:
         return self.iterations * self.micro_steps_per_iteration() // self.grad_accum
 
 
-_check = checker("grpo config")
+_check = runcfg.checker("grpo config")
 
 
 def validate(cfg: GRPOConfig) -> GRPOConfig:
@@ -124,7 +117,7 @@ def validate(cfg: GRPOConfig) -> GRPOConfig:
     _check(cfg.algorithm in ALGORITHMS, f"algorithm must be one of {', '.join(ALGORITHMS)}")
     _check(s.mode in MODES, f"sampler.mode must be one of {', '.join(MODES)}, got {s.mode!r}")
     _check(cfg.text in TEXTS, f"text must be one of {', '.join(TEXTS)}")
-    validate_data(cfg.data, _check)
+    runcfg.validate_data(cfg.data, _check)
     _check(bool(cfg.data.manifest), "data.manifest is required (rewards read each clip's video and scene)")
     _check(cfg.data.features is None, "data.features is for the flow training stages; GRPO decodes its "
            "clips from data.manifest")
@@ -144,7 +137,7 @@ def validate(cfg: GRPOConfig) -> GRPOConfig:
     _check(lo.dpo_beta > 0 and lo.rwr_temperature > 0, "loss.dpo_beta and loss.rwr_temperature must be > 0")
     _check(0.0 <= cfg.ema_max_decay < 1.0, "ema_max_decay must be in [0, 1)")
     _check(bool(cfg.rewards) and all(math.isfinite(w) for w in cfg.rewards.values()), "rewards: finite weights")
-    validate_optim(cfg.optim, _check)
+    runcfg.validate_optim(cfg.optim, _check)
     micro = cfg.micro_steps_per_iteration()
     _check(micro % cfg.grad_accum == 0,
            f"grad_accum {cfg.grad_accum} does not divide the {micro} micro-steps of one iteration "
@@ -156,9 +149,9 @@ def validate(cfg: GRPOConfig) -> GRPOConfig:
 def grpo_config_from_dict(data: dict[str, Any], overrides: Sequence[str] | None = None) -> GRPOConfig:
     """Defaults <- `data` (strict) <- `overrides`; a `rewards:` mapping replaces the default whole
     (listing rewards selects them)."""
-    return config_from_mapping(GRPOConfig, data, overrides, validate, "grpo config", replace_whole=("rewards",))
+    return runcfg.config_from_mapping(GRPOConfig, data, overrides, validate, "grpo config", replace_whole=("rewards",))
 
 
 def load_grpo_config(path: str | Path, overrides: Sequence[str] | None = None) -> GRPOConfig:
     """Read a YAML config; relative paths resolve against the YAML's folder when they exist there."""
-    return load_run_config(path, grpo_config_from_dict, overrides, "grpo config")
+    return runcfg.load_run_config(path, grpo_config_from_dict, overrides, "grpo config")

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import PrismAudioError
-from ..harness import EMA, FINAL, EpochSampler, RunHarness, build_optimizer, build_pipeline
+from ..harness import EMA, FINAL, EpochSampler, RunHarness, build_optimizer, build_pipeline, print_log
 from ..model.conditioning import ConditionTokens, frames_to_conditions
 from ..rewards import RewardContext, combine_rewards, compute_rewards
 from ..train.data import build_flow_clips, collate_flow, load_rows
@@ -51,14 +51,10 @@ Log = Callable[[str], None]
 FROZEN_PARAMS = ("empty_clip_feat", "empty_sync_feat")  # official: frozen in GRPO (§10.6)
 
 
-def _print(msg: str) -> None:
-    print(msg, flush=True)
-
-
 class GRPOTrainer:
     """Build with a `GRPOConfig`, then `run()`; `iteration()` runs one step of the loop."""
 
-    def __init__(self, cfg: GRPOConfig, out_dir: str | Path, resume: bool = False, log: Log = _print) -> None:
+    def __init__(self, cfg: GRPOConfig, out_dir: str | Path, resume: bool = False, log: Log = print_log) -> None:
         self.cfg = cfg
         self.out = Path(out_dir)
         self.harness = h = RunHarness(self.out, seed=cfg.seed, resume=resume, log=log)  # GA by hand: see validate
@@ -338,7 +334,7 @@ def _cat_conditions(parts: list[ConditionTokens]) -> ConditionTokens:
     return out
 
 
-def grpo(cfg: GRPOConfig, out_dir: str | Path, resume: bool = False, log: Log | None = _print) -> dict[str, Any]:
+def grpo(cfg: GRPOConfig, out_dir: str | Path, resume: bool = False, log: Log | None = print_log) -> dict[str, Any]:
     """Run (or continue) one RL post-training run; returns the summary in `grpo_summary.json`."""
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     return GRPOTrainer(cfg, out_dir, resume=resume, log=log or (lambda _m: None)).run()

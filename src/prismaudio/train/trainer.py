@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..errors import PrismAudioError
-from ..harness import EMA, FINAL, EpochSampler, RunHarness, build_optimizer, build_pipeline
+from ..harness import EMA, FINAL, EpochSampler, RunHarness, build_optimizer, build_pipeline, print_log
 from ..pipeline import PrismAudioPipeline
 from .config import TrainConfig
 
@@ -49,12 +49,8 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ the loop
-def _print(msg: str) -> None:
-    print(msg, flush=True)
-
-
 class Trainer:
-    def __init__(self, cfg: TrainConfig, out_dir: str | Path, resume: bool = False, log: Log = _print) -> None:
+    def __init__(self, cfg: TrainConfig, out_dir: str | Path, resume: bool = False, log: Log = print_log) -> None:
         self.cfg = cfg
         self.out = Path(out_dir)
         self.harness = h = RunHarness(self.out, seed=cfg.seed, resume=resume, log=log, grad_accum=cfg.grad_accum,
@@ -183,7 +179,7 @@ class Trainer:
         return summary
 
 
-def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, log: Log | None = _print) -> dict[str, Any]:
+def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, log: Log | None = print_log) -> dict[str, Any]:
     """Run (or continue) one training stage; returns the summary written to `train_summary.json`."""
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     return Trainer(cfg, out_dir, resume=resume, log=log or (lambda _msg: None)).run()
