@@ -133,7 +133,7 @@ def test_extract_resume_and_recovery(clips: Path, tiny: PrismAudioPipeline, tmp_
     assert t["text_features"].shape == (n, 384) and n > 10
     assert t["latent"].shape == t["latent_mean"].shape == (cfg.vae.latent_dim, cfg.latent_length(1.0))
     assert not torch.equal(t["latent"], t["latent_mean"])
-    assert meta["preset"] == "tiny" and float(meta["duration"]) == 1.0 and meta["text"].startswith("Semantic: a drum Temporal:")
+    assert meta["preset"] == "tiny" and float(meta["duration"]) == 1.0 and meta["text"].startswith("Semantic: a drum\nTemporal:")
     assert meta["audio_length"] == str(SR // 2)
 
     # batching does not change the features; the sampled latent is seeded per clip

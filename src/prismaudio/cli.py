@@ -264,15 +264,20 @@ def parse_encoder_overrides(items: list[str]):
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from .data.extract import run_extract
+    from .data.extract import extract_features
 
     if args.batch_size <= 0:
         raise PrismAudioError(f"--batch-size must be a positive integer, got {args.batch_size}")
-    summary = run_extract(
-        args.manifest, args.out, model=args.model, batch_size=args.batch_size, cot_field=args.cot_field,
-        progress=not args.quiet, duration=args.duration, seed=args.seed,
-        encoders=parse_encoder_overrides(args.encoders),
-    )
+    pipe = load_pipeline(args.model)
+    for modality, spec in parse_encoder_overrides(args.encoders).items():  # e.g. a real T5-Gemma
+        pipe.set_encoder(modality, spec)
+    summary = extract_features(args.manifest, args.out, pipe, batch_size=args.batch_size, progress=not args.quiet,
+                               cot_field=args.cot_field, duration=args.duration, seed=args.seed)
+    for p in summary.problems:
+        print(f"prismaudio: warning: {p}", file=sys.stderr)
+    for clip_id, reason in summary.failed:
+        print(f"prismaudio: warning: skipped {clip_id}: {reason}", file=sys.stderr)
+    print(f"{summary.line()} -> {args.out}")
     return 0 if summary.done or summary.skipped_existing or not summary.failed else 1
 
 
