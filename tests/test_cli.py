@@ -198,3 +198,11 @@ def test_encoder_overrides_parse_and_fail_clearly(tmp_path: Path, capsys: pytest
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("prismaudio: error:") and "is not a directory" in err
     assert not (tmp_path / "f").exists()
+
+
+def test_module_docstring_lists_every_subcommand() -> None:
+    import prismaudio.cli as cli
+
+    names = set(cli.build_parser()._subparsers._group_actions[0].choices)
+    listed = {line.split("`")[1] for line in (cli.__doc__ or "").splitlines() if line.startswith("* `")}
+    assert names == listed

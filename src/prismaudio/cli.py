@@ -1,4 +1,14 @@
-"""`prismaudio` command line: `generate`, `synth`, `extract`, `train-judges`, `evaluate`, `convert-official`.
+"""`prismaudio` command line, the composition root (the one module that may wire in the procedural world):
+
+* `generate`          sound for a video (or every clip of a manifest split) with a model directory
+* `cot`               plan the four-part chain-of-thought for a video (offline / OpenAI-compatible / local VLM)
+* `synth`             render the procedural audio-visual corpus (`prismaudio.procedural`)
+* `extract`           cache encoder features and VAE latents per clip (the input of `data.features`)
+* `train`             one training stage (vae | foundation | cot) from a YAML config, on the run harness
+* `grpo`              RL post-training (Fast-GRPO / Flow-GRPO / SFT / RWR / DPO) from a YAML config
+* `train-judges`      train the offline semantic / sync / quality judges on a procedural corpus
+* `evaluate`          the paper's metrics (and the procedural ground truth) for generated audio
+* `convert-official`  an official PrismAudio checkpoint as our model directory
 
 Every user error is one line on stderr and exit code 2; outputs are staged in a temporary
 directory and moved into `--out` only when everything succeeded, so a failure writes nothing.
