@@ -43,7 +43,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # ------------------------------------------------------------------------------ config
 def test_shipped_configs_load() -> None:
-    for name in ("vae_mini", "foundation_mini", "cot_mini", "tiny_smoke"):
+    for name in ("vae_mini", "foundation_mini", "cot_mini", "tiny_smoke", "foundation_features"):
         cfg = load_train_config(REPO / "configs" / "train" / f"{name}.yaml")
         assert cfg.stage in ("vae", "foundation", "cot")
 
