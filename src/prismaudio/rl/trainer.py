@@ -61,7 +61,8 @@ class GRPOTrainer:
         self.acc, self.main, self.log, self.generator = h.acc, h.main, h.log, h.generator
         self.pipe = build_pipeline(cfg.model, cfg.seed)
         h.check_resume(self.pipe.config.to_dict(), "grpo")
-        self._build_data()
+        with self.acc.main_process_first():  # rank 0 decodes and fills the data cache; the others read it
+            self._build_data()
         self.pipe.to(h.device).requires_grad_(False).eval()
         self.dit = self.pipe.dit
         params = [p for n, p in self.dit.named_parameters() if n.split(".")[-1] not in FROZEN_PARAMS]
