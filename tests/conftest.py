@@ -22,3 +22,15 @@ def shared_reference() -> Path:
     if not ref.is_dir():
         pytest.skip(f"official reference fixtures not found at {ref} (set PRISMAUDIO_SHARED)")
     return ref
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh 8-clip procedural corpus per test module (2 s, 48 px, every split): the data of the
+    tiny training / GRPO smoke runs (`configs/*/tiny_smoke.yaml`). A module may define its own."""
+    from prismaudio.cli import main as cli_main
+
+    out = tmp_path_factory.mktemp("corpus")
+    assert cli_main(["synth", "--out", str(out), "--n", "8", "--duration", "2", "--size", "48",
+                     "--workers", "1", "--quiet"]) == 0
+    return out

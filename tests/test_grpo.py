@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from prismaudio.cli import main as cli_main
 from prismaudio.errors import PrismAudioError
 from prismaudio.model.conditioning import ConditionTokens
 from prismaudio.rewards import register_reward, rms_db
@@ -323,14 +322,6 @@ def test_content_weights_rule() -> None:
 
 
 # ------------------------------------------------------------------------------------ the loop learns
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("grpo_corpus")
-    assert cli_main(["synth", "--out", str(out), "--n", "8", "--duration", "2", "--size", "48",
-                     "--workers", "1", "--quiet"]) == 0
-    return out
-
-
 register_reward("test_louder", overwrite=True)(lambda audio, sr, ctx: rms_db(audio))
 register_reward("test_quieter", overwrite=True)(lambda audio, sr, ctx: -rms_db(audio))
 

@@ -24,14 +24,6 @@ ITERATIONS = 5
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # same thread count in every run; two runs share 2 cores
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("grpo_resume_corpus")
-    assert cli_main(["synth", "--out", str(out), "--n", "8", "--duration", "2", "--size", "48",
-                     "--workers", "1", "--quiet"]) == 0
-    return out
-
-
 def _cmd(corpus: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "prismaudio.cli", "grpo", str(CONFIG), "--out", str(out),
             "--set", f"data.manifest={corpus / 'manifest.jsonl'}", "--set", f"data.cache_dir={corpus / 'cache'}",

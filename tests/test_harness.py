@@ -16,7 +16,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from prismaudio.cli import main as cli_main
 from prismaudio.errors import PrismAudioError
 from prismaudio.harness import EpochSampler, OptimConfig, build_optimizer, lr_lambda
 from prismaudio.rl import grpo_config_from_dict
@@ -25,14 +24,6 @@ from prismaudio.train.config import config_from_dict
 REPO = Path(__file__).resolve().parents[1]
 GRPO_TINY = REPO / "configs" / "grpo" / "tiny_smoke.yaml"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("harness_corpus")
-    assert cli_main(["synth", "--out", str(out), "--n", "8", "--duration", "2", "--size", "48",
-                     "--workers", "1", "--quiet"]) == 0
-    return out
 
 
 # ------------------------------------------------------------------------------ optimiser fields

@@ -13,20 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
-from prismaudio.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "train" / "tiny_smoke.yaml"
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("ddp_corpus")
-    assert cli_main(["synth", "--out", str(out), "--n", "8", "--duration", "2", "--size", "48",
-                     "--workers", "1", "--quiet"]) == 0
-    return out
 
 
 def test_two_cpu_processes_keep_identical_weights(corpus: Path, tmp_path: Path) -> None:

@@ -10,23 +10,13 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
-from prismaudio.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "train" / "tiny_smoke.yaml"
 MAX_STEPS = 6  # tiny_smoke.yaml
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("resume_corpus")
-    assert cli_main(["synth", "--out", str(out), "--n", "8", "--duration", "2", "--size", "48",
-                     "--workers", "1", "--quiet"]) == 0
-    return out
 
 
 def _cmd(corpus: Path, out: Path, *extra: str) -> list[str]:
