@@ -95,7 +95,7 @@ def test_probe(media):
 
 
 def test_frame_counts_and_flash_position(media):
-    v8, v25 = read_frames_multi(media["flash"], [(8, 64), (25, 32)])
+    v8, v25 = read_frames_multi(media["flash"], [(8, 64, "floor"), (25, 32)])
     assert v8.shape == (16, 3, 64, 64) and v25.shape == (50, 3, 32, 32)
     assert v8.dtype == torch.float32 and 0.0 <= v8.min() and v8.max() <= 1.0
     assert int(brightness(v25).argmax()) == FLASH
@@ -104,15 +104,18 @@ def test_frame_counts_and_flash_position(media):
 
 
 def test_each_target_shows_the_frame_on_screen(media):
-    v8, v25 = read_frames_multi(media["flash"], [(8, 32), (25, 32)])
+    v8, v25 = read_frames_multi(media["flash"], [(8, 32, "floor"), (25, 32)])
     for k in range(16):  # t = k/8 shows frame floor(k * 25 / 8): the same decoded frame, bit-identical
         assert torch.equal(v8[k], v25[k * 25 // 8]), k
+    ff8, = read_frames_multi(media["flash"], [(8, 32)])  # FFmpeg's fps filter: the last frame before (k + 1/2) / 8
+    for k in range(16):
+        assert torch.equal(ff8[k], v25[max(i for i in range(50) if math.floor(i * 8 / 25 + 0.5) <= k)]), k
     levels = brightness(v25)
     assert all(levels[i] < levels[i + 1] for i in range(FLASH - 1))  # in order, none skipped or doubled
 
 
 def test_short_video_repeats_last_frame(media):
-    v25, v8 = read_frames_multi(media["flash"], [(25, 16), (8, 16)], duration=3.0)
+    v25, v8 = read_frames_multi(media["flash"], [(25, 16), (8, 16, "floor")], duration=3.0)
     assert v25.shape[0] == 75 and v8.shape[0] == 24
     assert all(torch.equal(v25[i], v25[49]) for i in range(49, 75))
     assert not torch.equal(v25[48], v25[49])

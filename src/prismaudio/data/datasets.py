@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from ..errors import PrismAudioError
 from ..io.audio import load_audio
-from ..io.video import probe_video, read_frames_multi
+from ..io.video import FrameSpec, as_frame_spec, probe_video, read_frames_multi
 from .manifest import ManifestRow
 
 PathLike = str | os.PathLike
@@ -60,7 +60,7 @@ class ClipDataset(Dataset):
         rows: Sequence[ManifestRow],
         sample_rate: int,
         duration: float | None,
-        video_specs: Sequence[tuple[float, int]],
+        video_specs: Sequence[FrameSpec | tuple],
         channels: int = 2,
         max_duration: float | None = None,
     ) -> None:
@@ -71,7 +71,7 @@ class ClipDataset(Dataset):
         self.rows = list(rows)
         self.sample_rate = int(sample_rate)
         self.duration = None if duration is None else float(duration)
-        self.video_specs = [(float(f), int(s)) for f, s in video_specs]
+        self.video_specs = [as_frame_spec(sp) for sp in video_specs]
         self.channels = channels
         self.max_duration = max_duration
 

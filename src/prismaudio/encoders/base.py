@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ..config import EncoderSpec
 from ..errors import PrismAudioError
+from ..io.video import FrameSpec
 
 MODALITIES = ("video", "sync", "text")
 
@@ -25,9 +26,11 @@ MODALITIES = ("video", "sync", "text")
 class Encoder(nn.Module):
     """Base class. Subclasses set `modality`, `output_dim`, `trainable` and, for video/sync, `fps`/`size`.
 
-    Video/sync: `forward(frames [B, T, 3, H, W] float in [0, 1]) -> tokens [B, T', output_dim]`;
-    frames must be sampled at `fps` and `size`x`size` (see `frame_spec`); each encoder does its own
-    normalisation so callers never need to know an encoder's pixel statistics.
+    Video/sync: `forward(frames [B, T, 3, H, W]) -> tokens [B, T', output_dim]`; frames are sampled at
+    `fps` by `frame_rule` (see `io.video`), either `size`x`size` float in [0, 1] or, when
+    `takes_uint8` (size None), uint8 at the video's native resolution, for encoders that must
+    resize and pad exactly as their upstream code does. Each encoder does its own normalisation so
+    callers never need to know an encoder's pixel statistics.
     Text: `encode_text(list[str]) -> (hidden [B, L, output_dim] zero-padded, lengths [B] long)`.
     Frozen encoders (`trainable = False`) have no gradients and stay in eval mode under `.train()`.
     """
@@ -37,12 +40,14 @@ class Encoder(nn.Module):
     fps: float | None = None
     size: int | None = None
     trainable: bool = True
+    takes_uint8: ClassVar[bool] = False  # forward takes native-resolution uint8 frames (size None)
+    frame_rule: ClassVar[str] = "ffmpeg"  # FFmpeg's fps filter, as the official extraction
 
-    def frame_spec(self) -> tuple[float, int]:
-        """(fps, size) for `read_frames_multi`; only video/sync encoders have one."""
-        if self.modality not in ("video", "sync") or self.fps is None or self.size is None:
+    def frame_spec(self) -> FrameSpec:
+        """What `read_frames_multi` must decode for this encoder; only video/sync encoders have one."""
+        if self.modality not in ("video", "sync") or self.fps is None or (self.size is None and not self.takes_uint8):
             raise PrismAudioError(f"{type(self).__name__} is a {self.modality or 'non-frame'} encoder and reads no frames")
-        return float(self.fps), int(self.size)
+        return FrameSpec(float(self.fps), None if self.size is None else int(self.size), self.frame_rule)
 
     def output_length(self, num_frames: int) -> int:
         """Tokens produced for `num_frames` input frames (identity for one-token-per-frame encoders)."""

@@ -20,6 +20,7 @@ stem on the difference image.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +87,10 @@ def _time_diff(x: Tensor) -> Tensor:
 
 
 class _LightBase(Encoder):
+    # The rule the shipped `mini` model was trained with (the latest frame at or before k / fps);
+    # a retrained default can move to the "ffmpeg" rule like every other encoder.
+    frame_rule: ClassVar[str] = "floor"
+
     def __init__(self, name: str, dim: int, fps: float, size: int, width: int):
         super().__init__()
         self.output_dim = positive_int("dim", dim, name)

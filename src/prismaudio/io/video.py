@@ -1,9 +1,23 @@
 """Video decoding, frame-rate resampling and muxing a generated track back into the video (PyAV).
 
-Frames are sampled like the official feature extractors: the frame *shown* at each time k/fps
-(k = 0..T-1, T = int(fps * duration)), the last frame repeated when the stream is shorter than the
-request. Several rates (video encoder ~8 fps, sync encoder 25 fps) come from ONE decode pass, since
-decoding dominates the cost. Every user-facing failure raises `PrismAudioError` with one sentence.
+Frames are sampled like the official feature extractors: T = int(fps * duration) frames per rate,
+the last frame repeated when the stream is shorter than the request. Which frame stands at output
+k is a `FrameSpec`'s `rule`:
+
+* "ffmpeg" (default): exactly FFmpeg's `fps` filter, which the official pipeline runs (torio's
+  `add_basic_video_stream(frame_rate=R)`): output k shows the latest frame whose timestamp, in
+  units of 1/R and rounded to the nearest integer (halves away from zero, in exact rational
+  arithmetic as FFmpeg's `av_rescale_q_rnd`), is <= k, i.e. the last frame before (k + 1/2) / R.
+  Checked against PyAV's own FFmpeg filter graph on 23.976, 29.97, 30, 50, 60 fps and
+  variable-frame-rate files (tests/test_frame_selection.py).
+* "floor": the latest frame whose timestamp is <= k / R, the rule the shipped `mini` model's light
+  encoders were trained with (kept so its results stay valid until it is retrained).
+
+A spec's `size` is a square side (centre crop + antialiased bilinear resize, float32 in [0, 1],
+for the light encoders) or None: the frame at its native resolution as uint8 RGB, for encoders
+that preprocess like their upstream code (VideoPrism, Synchformer). Several rates come from ONE
+decode pass, since decoding dominates the cost. Every user-facing failure raises `PrismAudioError`
+with one sentence.
 """
 
 from __future__ import annotations
@@ -12,8 +26,9 @@ import math
 import os
 import warnings
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import av
 import numpy as np
@@ -34,6 +49,34 @@ _TIME_EPS = 1e-4
 # Frames whose short side exceeds this multiple of the largest requested size are pre-shrunk.
 _PRESHRINK = 4
 _AAC_RATES = (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
+
+
+RULES = ("ffmpeg", "floor")
+
+
+class FrameSpec(NamedTuple):
+    """One frame request: rate, square side (None = native uint8 frames) and selection rule."""
+
+    fps: float
+    size: int | None
+    rule: str = "ffmpeg"
+
+
+def as_frame_spec(spec: Sequence) -> FrameSpec:
+    """A `FrameSpec` from a spec or a plain (fps, size[, rule]) tuple, validated."""
+    fs = FrameSpec(*spec)
+    if not (isinstance(fs.fps, (int, float)) and fs.fps > 0 and math.isfinite(fs.fps)):
+        raise PrismAudioError(f"frame rate must be a positive number, got {fs.fps}")
+    if fs.size is not None and (int(fs.size) != fs.size or fs.size < 1):
+        raise PrismAudioError(f"frame size must be a positive integer or None (native), got {fs.size}")
+    if fs.rule not in RULES:
+        raise PrismAudioError(f"frame selection rule must be one of {', '.join(RULES)}, got {fs.rule!r}")
+    return FrameSpec(float(fs.fps), None if fs.size is None else int(fs.size), fs.rule)
+
+
+def ffmpeg_round(x: Fraction) -> int:
+    """Round to the nearest integer, halves away from zero (FFmpeg's AV_ROUND_NEAR_INF)."""
+    return math.floor(x + Fraction(1, 2)) if x >= 0 else -math.floor(-x + Fraction(1, 2))
 
 
 @dataclass
@@ -133,7 +176,19 @@ def num_samples(fps: float, duration: float) -> int:
     return max(1, int(fps * duration + 1e-6))
 
 
-def _to_square(frame: av.VideoFrame, sizes: Sequence[int], fmt: VideoReformatter) -> dict[int, Tensor]:
+def _convert(frame: av.VideoFrame, sizes: Sequence[int | None], fmt: VideoReformatter) -> dict[int | None, Tensor]:
+    """The frame for every requested size: None -> native uint8 [3, H, W]; an int -> square."""
+    out: dict[int | None, Tensor] = {}
+    squares = [s for s in sizes if s is not None]
+    if None in sizes:
+        native = torch.from_numpy(fmt.reformat(frame, format="rgb24").to_ndarray()).permute(2, 0, 1).contiguous()
+        out[None] = native
+    if squares:
+        out.update(_to_square(frame, squares, fmt))
+    return out
+
+
+def _to_square(frame: av.VideoFrame, sizes: Sequence[int], fmt: VideoReformatter) -> dict[int | None, Tensor]:
     """Center-crop to a square and resize (bilinear, antialiased) to each requested size.
 
     Frames much larger than needed (HD video for 64 px encoders) are first shrunk by swscale with
@@ -151,7 +206,7 @@ def _to_square(frame: av.VideoFrame, sizes: Sequence[int], fmt: VideoReformatter
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
     x = torch.from_numpy(rgb).permute(2, 0, 1)[:, top : top + side, left : left + side].unsqueeze(0).float()
-    out = {}
+    out: dict[int | None, Tensor] = {}
     for size in sizes:
         y = x if size == side else F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         out[size] = y[0].div(255.0).clamp_(0.0, 1.0)
@@ -159,42 +214,55 @@ def _to_square(frame: av.VideoFrame, sizes: Sequence[int], fmt: VideoReformatter
 
 
 class _Sampler:
-    """Collects the frame shown at each target time t_k = k/fps for one (fps, size) request."""
+    """Collects the frame that stands at each output index k = 0..count-1 for one `FrameSpec`."""
 
-    def __init__(self, fps: float, size: int, count: int):
-        if not (fps > 0 and math.isfinite(fps)):
-            raise PrismAudioError(f"frame rate must be a positive number, got {fps}")
-        if int(size) != size or size < 1:
-            raise PrismAudioError(f"frame size must be a positive integer, got {size}")
-        self.fps, self.size, self.count = float(fps), int(size), count
+    def __init__(self, spec: FrameSpec, count: int):
+        self.spec, self.count = spec, count
+        self.rate = Fraction(spec.fps).limit_denominator(1_000_000)
         self.frames: list[Tensor] = []
 
     @property
     def done(self) -> bool:
         return len(self.frames) >= self.count
 
-    def next_time(self) -> float:
-        return len(self.frames) / self.fps
+    def first_index(self, t: Fraction) -> int:
+        """The first output index a frame at relative time `t` (seconds, exact) stands at."""
+        if self.spec.rule == "ffmpeg":
+            return ffmpeg_round(t * self.rate)
+        return math.ceil(float(t * self.rate) - _TIME_EPS * float(self.rate))
 
-    def take_until(self, t_next: float, shown: Tensor) -> None:
-        """`shown` is on screen until `t_next` (the next frame's time): assign it to targets before that."""
-        while not self.done and self.next_time() < t_next - _TIME_EPS:
+    def take_until(self, t_next: Fraction, shown: Tensor) -> None:
+        """`shown` stands until the next frame (at `t_next`) takes over: assign it to the outputs before."""
+        stop = min(self.count, self.first_index(t_next))
+        while len(self.frames) < stop:
             self.frames.append(shown)
 
+    def wants(self, t_next: Fraction) -> bool:
+        return not self.done and len(self.frames) < self.first_index(t_next)
+
     def fill(self, last: Tensor) -> None:
-        """Stream ended: repeat the last frame for the remaining targets (official behaviour)."""
+        """Stream ended: repeat the last frame for the remaining outputs (official behaviour)."""
         while not self.done:
             self.frames.append(last)
 
 
+def _frame_time(frame: av.VideoFrame, index: int, stream_fps: float) -> Fraction:
+    """A frame's presentation time in seconds, exact when the container gives a timestamp."""
+    if frame.pts is not None and frame.time_base is not None:
+        return Fraction(frame.pts) * Fraction(frame.time_base)
+    return Fraction(index) / Fraction(stream_fps).limit_denominator(1_000_000)
+
+
 def read_frames_multi(
-    path: PathLike, specs: Sequence[tuple[float, int]], duration: float | None = None, start: float = 0.0
+    path: PathLike, specs: Sequence[FrameSpec | tuple], duration: float | None = None, start: float = 0.0
 ) -> list[Tensor]:
-    """Decode once and return one [T_i, 3, size_i, size_i] float32 tensor in [0, 1] per (fps, size).
+    """Decode once and return one tensor per `FrameSpec` (or (fps, size[, rule]) tuple):
+    [T_i, 3, size_i, size_i] float32 in [0, 1], or [T_i, 3, H, W] uint8 for `size` None.
 
     T_i = int(fps_i * duration) (at least 1); `duration` defaults to the rest of the video after
-    `start`. Target k shows the last frame whose timestamp is <= start + k/fps; targets past the end
-    of the stream repeat the last decoded frame. Decoding stops as soon as every request is filled.
+    `start`. Times are relative to the stream start + `start`; which frame stands at output k is
+    the spec's rule (module docstring); outputs past the end of the stream repeat the last decoded
+    frame. Decoding stops as soon as every request is filled.
     """
     if not specs:
         return []
@@ -211,9 +279,12 @@ def read_frames_multi(
             raise PrismAudioError(f"start time {start:.3f} s is past the end of the video ({total:.3f} s): {path}")
         if duration is None:
             duration = total - start
-        samplers = [_Sampler(fps, size, num_samples(fps, duration)) for fps, size in specs]
-        sizes = sorted({s.size for s in samplers})
-        origin = _stream_start(stream)
+        reqs = [as_frame_spec(sp) for sp in specs]
+        samplers = [_Sampler(sp, num_samples(sp.fps, duration)) for sp in reqs]
+        sizes = sorted({sp.size for sp in reqs}, key=lambda v: -1 if v is None else v)
+        origin = Fraction(stream.start_time) * Fraction(stream.time_base) if (
+            stream.start_time is not None and stream.time_base is not None) else Fraction(0)
+        offset = origin + Fraction(start).limit_denominator(1_000_000_000)
         stream_fps = _stream_fps(stream)
         stream.thread_type = "AUTO"
         if start > 0 and stream.time_base is not None:
@@ -221,25 +292,22 @@ def read_frames_multi(
                 c.seek(int((origin + start) / stream.time_base), stream=stream, backward=True, any_frame=False)
             except av.FFmpegError:
                 pass  # unseekable input: decode from the beginning instead
-        pending: av.VideoFrame | None = None  # the frame on screen now (converted only if needed)
-        cache: tuple[av.VideoFrame | None, dict[int, Tensor]] = (None, {})
+        pending: av.VideoFrame | None = None  # the frame standing now (converted only if needed)
+        cache: tuple[av.VideoFrame | None, dict[int | None, Tensor]] = (None, {})
         fmt = VideoReformatter()
         index = 0
         try:
             for frame in c.decode(stream):
-                t = frame.time if frame.time is not None else index / stream_fps
+                t_rel = _frame_time(frame, index, stream_fps) - offset
                 index += 1
-                t_rel = t - origin - start
-                if t_rel <= _TIME_EPS:  # at or before `start`: the latest such frame is shown at t = 0
+                if pending is None:  # the first frame stands in for every earlier output
                     pending = frame
                     continue
-                if pending is None:  # nothing before `start`: the first frame stands in for earlier targets
-                    pending = frame
-                if any(not s.done and s.next_time() < t_rel - _TIME_EPS for s in samplers):
+                if any(s.wants(t_rel) for s in samplers):
                     if cache[0] is not pending:
-                        cache = (pending, _to_square(pending, sizes, fmt))
+                        cache = (pending, _convert(pending, sizes, fmt))
                     for s in samplers:
-                        s.take_until(t_rel, cache[1][s.size])
+                        s.take_until(t_rel, cache[1][s.spec.size])
                 pending = frame
                 if all(s.done for s in samplers):
                     break
@@ -253,9 +321,9 @@ def read_frames_multi(
             raise PrismAudioError(f"video has no decodable frames (zero-length video): {path}")
         if not all(s.done for s in samplers):
             if cache[0] is not pending:
-                cache = (pending, _to_square(pending, sizes, fmt))
+                cache = (pending, _convert(pending, sizes, fmt))
             for s in samplers:
-                s.fill(cache[1][s.size])
+                s.fill(cache[1][s.spec.size])
     return [torch.stack(s.frames) for s in samplers]
 
 

@@ -154,9 +154,14 @@ def frames_to_conditions(video_encoder: nn.Module, sync_encoder: nn.Module, cond
     """Frames -> the DiT's condition tokens: the one path from pixels to conditions.
 
     `video` / `sync` are [B, T, 3, H, W] frames at each encoder's `frame_spec`, float in [0, 1] or
-    uint8 (as the training data keeps them in memory, scaled by 1/255 here); `text` the text
-    encoder's features [B, L, Dt]. Training, GRPO and generation all condition through here.
+    uint8 (as the training data keeps them in memory, scaled by 1/255 here unless the encoder takes
+    uint8 native frames itself); `text` the text encoder's features [B, L, Dt]. Training, GRPO and
+    generation all condition through here.
     """
-    v = video if video.is_floating_point() else video.float() / 255.0
-    s = sync if sync.is_floating_point() else sync.float() / 255.0
-    return conditioner(video_encoder(v), text, sync_encoder(s), latent_length=latent_length)
+    return conditioner(_encode(video_encoder, video), text, _encode(sync_encoder, sync), latent_length=latent_length)
+
+
+def _encode(encoder: nn.Module, frames: Tensor) -> Tensor:
+    if frames.is_floating_point() or getattr(encoder, "takes_uint8", False):
+        return encoder(frames)
+    return encoder(frames.float() / 255.0)

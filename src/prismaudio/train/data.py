@@ -113,6 +113,8 @@ def collate_flow(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
 
 # ------------------------------------------------------------------------------ building
 def _to_uint8(frames: Tensor) -> Tensor:
+    if frames.dtype == torch.uint8:  # native frames of an encoder that takes them as decoded
+        return frames
     return (frames.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
