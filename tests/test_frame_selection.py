@@ -125,3 +125,16 @@ def test_short_video_pads_with_its_last_frame(videos: dict[str, Path]) -> None:
     (frames,) = read_frames_multi(videos["30"], [FrameSpec(25.0, None)], duration=4.0)
     ids = [_index(f.permute(1, 2, 0).numpy()) for f in frames]
     assert len(ids) == 100 and ids[-1] == 74 and ids[-30:] == [74] * 30
+
+
+def test_whole_seconds_duration_rule_is_the_official_truncation(videos: dict[str, Path]) -> None:
+    """demo.sh truncates ffprobe's duration to whole seconds; ours keeps it exact by default."""
+    from prismaudio.pipeline import PrismAudioPipeline
+
+    pipe = PrismAudioPipeline.from_preset("tiny")
+    d = probe_video(videos["29.97"]).duration  # 90 frames at 29.97 fps: 3.003 s
+    assert d > 3.0 and pipe.clip_duration(d) == d and pipe.extract_features(videos["29.97"]).duration == d
+    pipe.config.sampling.duration_rule = "whole_seconds"
+    assert pipe.clip_duration(d) == 3.0 and pipe.extract_features(videos["29.97"]).duration == 3.0
+    with pytest.raises(Exception, match="truncates this 0.500 s video to 0 s"):
+        pipe.clip_duration(0.5)

@@ -162,6 +162,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     video = Path(args.video)
     probe_video(video)  # fail fast on a bad video before loading the model
     pipe = load_pipeline(args.model)
+    if args.duration_rule is not None:
+        pipe.config.sampling.duration_rule = args.duration_rule
     plan = resolve_cot(args, video)
     cot = plan.render(args.cot_style) if plan is not None else ""
     bars: list[tqdm] = []
@@ -430,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: model's)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--duration", type=float, default=None, help="seconds (default: the video's, max 60)")
+    g.add_argument("--duration-rule", choices=["exact", "whole_seconds"], default=None,
+                   help="the video's length as is, or truncated to whole seconds as the official demo.sh "
+                        "does (default: the model's, normally exact)")
     g.add_argument("--model", default=None, help="model directory, or preset:NAME for random weights")
     g.add_argument("--quiet", action="store_true", help="no progress bar, no file list")
     g.set_defaults(func=cmd_generate)

@@ -87,10 +87,17 @@ class EncodersConfig:
     text: EncoderSpec = field(default_factory=lambda: EncoderSpec("t5gemma"))
 
 
+DURATION_RULES = ("exact", "whole_seconds")
+
+
 @dataclass
 class SamplingConfig:
     steps: int = 24
     cfg_scale: float = 5.0
+    # How a video's length becomes the clip length when none is given: "exact" (the container's
+    # duration), or "whole_seconds", the official demo.sh rule (ffprobe's duration truncated to an
+    # integer), for parity with official outputs.
+    duration_rule: str = "exact"
 
 
 @dataclass
@@ -238,7 +245,11 @@ def _check_scalar(value: Any, tp: Any, where: str) -> Any:
 
 
 def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
-    return from_dict(ModelConfig, data)
+    cfg = from_dict(ModelConfig, data)
+    if cfg.sampling.duration_rule not in DURATION_RULES:
+        raise PrismAudioError(f"config.sampling.duration_rule must be one of {', '.join(DURATION_RULES)}, "
+                              f"got {cfg.sampling.duration_rule!r}")
+    return cfg
 
 
 def read_config_file(path: str | Path, what: str = "config", yaml_syntax: bool = False) -> Any:

@@ -10,6 +10,7 @@ from their own location and never copied into our files. No pickle anywhere.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -21,7 +22,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from .config import EncoderSpec, ModelConfig, load_model_config, preset
+from .config import DURATION_RULES, EncoderSpec, ModelConfig, load_model_config, preset
 from .encoders.base import Encoder, build_encoder
 from .errors import PrismAudioError
 from .io.video import probe_video, read_frames_multi
@@ -154,8 +155,7 @@ class PrismAudioPipeline(nn.Module):
     def extract_features(self, video: str | os.PathLike, cot: str = "", duration: float | None = None) -> Features:
         """Decode the video once, run the video / sync / text encoders (batch of 1)."""
         self._require_encoders()
-        info = probe_video(video)
-        duration = self._check_duration(info.duration if duration is None else duration)
+        duration = self._check_duration(self.clip_duration(probe_video(video).duration) if duration is None else duration)
         rates = [self.video_encoder.frame_spec(), self.sync_encoder.frame_spec()]
         frames_v, frames_s = read_frames_multi(video, rates, duration=duration)
         dev = self.device
@@ -163,6 +163,19 @@ class PrismAudioPipeline(nn.Module):
         s = self.sync_encoder(frames_s.unsqueeze(0).to(dev))
         text, _ = self.text_encoder.encode_text([cot])
         return Features(video=v, sync=s, text=text.to(dev), duration=duration)
+
+    def clip_duration(self, video_duration: float) -> float:
+        """The clip length for a video of `video_duration` s under `config.sampling.duration_rule`."""
+        rule = self.config.sampling.duration_rule
+        if rule == "exact":
+            return float(video_duration)
+        if rule == "whole_seconds":
+            whole = float(math.floor(video_duration))
+            if whole <= 0:
+                raise PrismAudioError(f"the whole-seconds duration rule truncates this {video_duration:.3f} s video "
+                                      "to 0 s; pass --duration or use the exact rule")
+            return whole
+        raise PrismAudioError(f"unknown sampling.duration_rule {rule!r} (choose from {', '.join(DURATION_RULES)})")
 
     def condition(self, feats: Features) -> ConditionTokens:
         n = self.config.latent_length(feats.duration)
