@@ -132,7 +132,7 @@ def test_clip_video_encoder(tmp_path: Path, output: str, dim: int, per_frame: in
         build_encoder(EncoderSpec("clip", {"path": str(tmp_path), "output": "nope"}))
 
 
-TINY_SYNC = {"dim": 32, "depth": 1, "heads": 2, "patch_size": 16, "size": 32}
+TINY_SYNC = {"dim": 32, "heads": 2, "size": 32}  # depth / patch / MLP width are read from the weights
 
 
 def _sync_ckpt(path: Path, prefix: str = "") -> None:
@@ -150,13 +150,16 @@ def _sync_ckpt(path: Path, prefix: str = "") -> None:
 def test_synchformer_segmenting_and_rates(tmp_path: Path, t: int) -> None:
     _sync_ckpt(tmp_path / "sync.pth", prefix="vfeat_extractor.")
     enc = build_encoder(EncoderSpec("synchformer", {"path": str(tmp_path / "sync.pth"), **TINY_SYNC}), modality="sync")
-    assert enc.frame_spec() == (25.0, 32) and enc.tokens_per_segment == 8
+    assert enc.frame_spec() == (25.0, None, "ffmpeg") and enc.takes_uint8 and enc.tokens_per_segment == 8
     s = (t - 16) // 8 + 1
     assert enc.output_length(t) == s * 8
     frames = torch.rand(2, t, 3, 32, 32)
     out = enc(frames)
     assert out.shape == (2, s * 8, 32)
     assert torch.equal(out, enc(frames))
+    assert enc.unused_keys == ["afeat_extractor.dummy"]
+    # float frames in [0, 1] are quantised to the uint8 path
+    assert torch.equal(enc((frames * 255).round().to(torch.uint8)), out)
     # segment k only sees frames [8k, 8k + 16): changing the last used frame changes only the last segment
     last = (s - 1) * 8 + 15
     frames2 = frames.clone()
@@ -178,9 +181,10 @@ def test_synchformer_defaults_match_paper_preset(tmp_path: Path) -> None:
     cond = preset("paper").conditioner
     assert enc.output_dim == cond.sync_dim == 768
     assert enc.tokens_per_segment == cond.sync_tokens_per_segment == 8
-    assert enc.frame_spec() == (25.0, 224)
+    assert enc.frame_spec() == (25.0, None, "ffmpeg") and enc.crop_size == 224  # native uint8 frames, resized inside
     assert enc.output_length(225) == 216  # 9 s -> 27 segments x 8 tokens (reference §3)
-    assert enc.output_length(5) == 8  # shorter than one segment: padded to one
+    with pytest.raises(PrismAudioError, match="0.64 s"):  # shorter than one segment: one clear error
+        enc.output_length(5)
 
 
 def test_synchformer_bad_checkpoint(tmp_path: Path) -> None:

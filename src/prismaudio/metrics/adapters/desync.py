@@ -1,14 +1,16 @@
 """`synchformer_desync` (role ``desync``): Synchformer audio-visual offset classifier, av-benchmark DeSync.
 
-Pipeline (av-benchmark protocol, reference doc): video at 25 fps, shortest side resized to 224
-(bicubic) + centre crop, (x - 0.5) / 0.5, segments of 16 frames step 8 -> `SyncVisualBranch`
-(8 tokens per segment); audio mixed to mono at 16 kHz, segments of 10240 samples step 5120, each a
+Pipeline (av-benchmark protocol, reference doc): video at 25 fps, torchvision v2 Resize(224, bicubic,
+antialias, on uint8) + CenterCrop(224) + (x/255 - 0.5) / 0.5 (`encoders.synchformer.preprocess_frames`),
+segments of 16 frames step 8 -> `SyncVisualBranch` (the upstream MotionFormer, shared with the
+`synchformer` encoder; 8 tokens per segment); audio mixed to mono at 16 kHz, segments of 10240 samples step 5120, each a
 log-mel spectrogram (128 mels, n_fft 1024, win 400, hop 160, power 2, HTK mel scale without
 normalisation as torchaudio's defaults; log(x + 1e-6); zero-padded/trimmed to 66 frames;
 (x + 4.2677393) / (2 * 4.5689974)) -> AST branch (6 tokens per segment); the sync transformer reads
 [OFF ; 14 x 8 visual ; MOD ; 14 x 6 audio] tokens and predicts one of 21 offsets -2..+2 s (step 0.2).
 `offsets` gives the offset of the first and of the last 14 segments; `desync` is their mean |offset|.
-Inputs: frames [B, T, 3, H, W] float in [0, 1] (or uint8 [B, T, H, W, 3]) at 25 fps; audio a tensor
+Inputs: frames [B, T, 3, H, W] uint8 or float in [0, 1] (quantised to uint8: round(x * 255)), or uint8
+[B, T, H, W, 3], at 25 fps; audio a tensor
 [B, C, S] or [C, S] at any rate (mixed down and resampled here).
 
 What follows the official code (v-iashin/Synchformer `sync_model.py`, `transformer.py`, `ast.py`,
@@ -29,9 +31,10 @@ What follows the official code (v-iashin/Synchformer `sync_model.py`, `transform
     -> 12 x 6 patches + CLS + distillation tokens (position embeddings cut to 74, as Synchformer
     does). 12 layers, 12 heads, eps 1e-12 are the `ASTConfig` defaults (assumed, not re-read).
 Assumptions / our own:
-  * ``vfeat_extractor.*`` is OUR `prismaudio.encoders.synchformer.SyncVisualBranch` naming, not
-    the official MotionFormer's: the released checkpoint `24-01-04T16-39-21` will fail the strict key
-    check on those keys (listed in the error) until a key-conversion script exists.
+  * ``vfeat_extractor.*`` = `prismaudio.encoders.synchformer.SyncVisualBranch`, in the released
+    MotionFormer layout (checked against the upstream `synchformer_visual` / `synchformer_desync`
+    fixtures); the unused 2-D ``vfeat_extractor.patch_embed.proj.*`` of the release is dropped before
+    the strict load.
   * the offset sign is Synchformer's class grid (assumed > 0: audio late); DeSync uses |offset| only.
   * clips shorter than 14 segments (4.8 s) repeat their last segment's tokens up to 14 (then both
     windows coincide: W = 2 equal values); clips shorter than one segment are padded (last frame
@@ -52,8 +55,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ...encoders.clip import resize_center_crop
-from ...encoders.synchformer import SyncVisualBranch
+from ...encoders.synchformer import (
+    UNUSED_VISUAL,
+    VISUAL_PREFIX,
+    SyncVisualBranch,
+    preprocess_frames,
+    to_uint8,
+)
 from ...errors import PrismAudioError
 from ..backends import register_backend
 from ._common import load_state_dict, load_strict, mono_at, require_path
@@ -65,8 +73,8 @@ N_MELS, N_FFT, WIN, HOP, SPEC_T = 128, 1024, 400, 160, 66
 AST_MEAN, AST_STD = -4.2677393, 4.5689974
 N_SEGMENTS = 14
 OFFSET_GRID = torch.linspace(-2.0, 2.0, 21)
-_EXPECTED = ("a local Synchformer state dict (e.g. the 24-01-04T16-39-21 checkpoint converted to the key layout "
-             "documented in prismaudio.metrics.adapters.desync)")
+_EXPECTED = "a local Synchformer state dict in the released layout (synchformer_state_dict.pth, 24-01-04T16-39-21)"
+_UNUSED = tuple(VISUAL_PREFIX + k for k in UNUSED_VISUAL)  # the release's unused 2-D patch embedding
 
 
 def _box(**modules: nn.Module) -> nn.Module:
@@ -290,7 +298,9 @@ class SynchformerDesync:
     def net(self) -> SynchformerNet:
         if self._net is None:
             net = SynchformerNet(**self._arch)
-            load_strict(net, load_state_dict(self.path, "synchformer_desync", _EXPECTED), "synchformer_desync", self.path)
+            sd = load_state_dict(self.path, "synchformer_desync", _EXPECTED)
+            sd = {k: v for k, v in sd.items() if not k.startswith(_UNUSED)}
+            load_strict(net, sd, "synchformer_desync", self.path)
             self._net = net.eval().requires_grad_(False).to(self.device)
         return self._net
 
@@ -300,18 +310,17 @@ class SynchformerDesync:
             x = x[None]
         if x.dim() != 5:
             raise PrismAudioError(f"desync: frames must be [B, T, 3, H, W] or [B, T, H, W, 3], got {tuple(x.shape)}")
-        if x.dtype == torch.uint8:
-            x = x.permute(0, 1, 4, 2, 3).float() / 255.0 if x.shape[-1] == 3 else x.float() / 255.0
+        if x.dtype == torch.uint8 and x.shape[-1] == 3:
+            x = x.permute(0, 1, 4, 2, 3)
         if x.shape[2] != 3 or x.shape[1] == 0:
             raise PrismAudioError(f"desync: expected frames [B, T>0, 3, H, W], got {tuple(x.shape)}")
-        return x.float()
+        return to_uint8(x)
 
     @torch.no_grad()
     def _clip_tokens(self, frames: Tensor, wave: Tensor) -> tuple[Tensor, Tensor]:
         """One clip -> visual [S, 8, D] and audio [S, 6, D] segment tokens (S = min of both counts)."""
         net, dev = self.net, self.device
-        img = resize_center_crop(frames.to(dev), self.size)
-        img = (img - 0.5) / 0.5
+        img = preprocess_frames(frames.cpu(), self.size).to(dev)  # uint8 resize on the CPU (torchvision's kernel)
         vseg = _segments(img, SEG_FRAMES, SEG_FRAMES_STEP, 0).permute(0, 1, 4, 2, 3)  # [Sv, 3, 16, H, W]
         if wave.shape[-1] < SEG_SAMPLES:
             wave = nn.functional.pad(wave, (0, SEG_SAMPLES - wave.shape[-1]))
