@@ -1,4 +1,7 @@
-"""Local-checkpoint encoder adapters (t5, t5gemma, clip, synchformer, videoprism) with tiny random weights."""
+"""Local-checkpoint encoder adapters (t5, t5gemma, clip, synchformer) with tiny random weights.
+
+`videoprism` has its own file, tests/test_encoders_videoprism.py.
+"""
 
 from __future__ import annotations
 
@@ -49,8 +52,8 @@ def t5gemma_dir(tmp_path_factory) -> tuple[Path, nn.Module]:
 
     d = tmp_path_factory.mktemp("t5gemma")
     torch.manual_seed(0)
-    mod = dict(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-               num_attention_heads=2, num_key_value_heads=1, head_dim=16)
+    mod = {"vocab_size": 30522, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+           "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16}
     full = T5GemmaForConditionalGeneration(T5GemmaConfig(encoder=mod, decoder=mod, vocab_size=30522)).eval()
     full.save_pretrained(d)
     _tokenizer_files(d)
@@ -94,6 +97,66 @@ def test_t5gemma_encoder_matches_full_model_encoder(t5gemma_dir) -> None:
     torch.testing.assert_close(hidden[1:, : lengths[1]], ref, atol=1e-5, rtol=1e-5)
 
 
+def _tiny_gemma_tokenizer(dst: Path, model_max_length: int):
+    """A character-level GemmaTokenizer (BOS/EOS added, like the official one), built offline."""
+    import string
+
+    from transformers import GemmaTokenizer
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<mask>": 4}
+    for ch in "\u2581" + string.ascii_letters + string.digits + ".,;:'!?-()":
+        vocab.setdefault(ch, len(vocab))
+    tok = GemmaTokenizer(vocab=vocab, merges=[], add_bos_token=True, add_eos_token=True,
+                         model_max_length=model_max_length)
+    tok.save_pretrained(dst)
+    return tok
+
+
+@pytest.fixture(scope="module")
+def t5gemma_official_dir(tmp_path_factory) -> Path:
+    """Tiny random T5Gemma encoder-decoder + Gemma tokenizer, saved like the released checkpoint."""
+    from transformers import T5GemmaConfig, T5GemmaForConditionalGeneration
+
+    d = tmp_path_factory.mktemp("t5gemma_official")
+    tok = _tiny_gemma_tokenizer(d, model_max_length=16)  # a truncating tokenizer would cut at 16
+    torch.manual_seed(3)
+    mod = {"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+           "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16, "pad_token_id": 0, "bos_token_id": 2,
+           "eos_token_id": 1}
+    T5GemmaForConditionalGeneration(T5GemmaConfig(encoder=mod, decoder=mod, vocab_size=len(tok))).save_pretrained(d)
+    return d
+
+
+def test_t5gemma_equals_official_seq2seq_encoder_usage(t5gemma_official_dir: Path) -> None:
+    """Official: raw string, tokenizer(padding=True, truncation=False), AutoModelForSeq2SeqLM(...).get_encoder()."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    d = t5gemma_official_dir
+    enc = build_encoder(EncoderSpec("t5gemma", {"path": str(d)}), modality="text")
+    tok = AutoTokenizer.from_pretrained(str(d), local_files_only=True)
+    tok.padding_side = "right"
+    official = AutoModelForSeq2SeqLM.from_pretrained(str(d), local_files_only=True).eval().get_encoder()
+    texts = ["A dog barks twice.", "Rain falls on a tin roof; thunder rolls far away (then stops)."]
+    hidden, lengths = enc.encode_text(texts)
+    batch = tok(texts, padding=True, truncation=False, return_tensors="pt")
+    assert batch["attention_mask"][0, -1] == 0  # right-padded batch of two lengths
+    with torch.no_grad():
+        ref = official(**batch).last_hidden_state
+    assert torch.equal(lengths, batch["attention_mask"].sum(1))
+    assert torch.equal(hidden, ref * batch["attention_mask"].unsqueeze(-1))  # identical, padding zeroed
+    for i, text in enumerate(texts):  # right padding leaves each string's features as if alone
+        with torch.no_grad():
+            alone = official(**tok([text], return_tensors="pt")).last_hidden_state[0]
+        torch.testing.assert_close(hidden[i, : lengths[i]], alone, atol=1e-5, rtol=1e-5)
+    long = "the engine hums, then a door slams and footsteps fade down a long corridor. " * 6
+    assert len(long) < 8_000  # below the documented CoT character cap (cot.MAX_MODULE_CHARS)
+    h, n = enc.encode_text([long])
+    ids = tok([long], truncation=False, return_tensors="pt")
+    assert int(n[0]) == ids["input_ids"].shape[1] > tok.model_max_length  # not truncated at the tokenizer
+    with torch.no_grad():
+        assert torch.equal(h, official(**ids).last_hidden_state)
+
+
 @pytest.mark.parametrize("name", ["t5", "t5gemma", "clip", "synchformer", "videoprism"])
 def test_missing_path_is_a_clear_error(name: str, tmp_path: Path) -> None:
     assert name in list_encoders()
@@ -121,7 +184,7 @@ def test_clip_video_encoder(tmp_path: Path, output: str, dim: int, per_frame: in
                            image_size=32, patch_size=16, projection_dim=16)
     CLIPVisionModelWithProjection(cfg).save_pretrained(tmp_path)
     enc = build_encoder(EncoderSpec("clip", {"path": str(tmp_path), "fps": 2.0, "output": output}), modality="video")
-    assert enc.frame_spec() == (2.0, 32) and enc.output_dim == dim and not enc.loaded
+    assert enc.frame_spec() == (2.0, 32, "ffmpeg") and enc.output_dim == dim and not enc.loaded
     frames = torch.rand(2, 3, 3, 40, 48)  # non-square: resized + centre-cropped inside
     out = enc(frames)
     assert out.shape == (2, 3 * per_frame, dim) and enc.output_length(3) == 3 * per_frame
@@ -192,40 +255,3 @@ def test_synchformer_bad_checkpoint(tmp_path: Path) -> None:
     enc = build_encoder(EncoderSpec("synchformer", {"path": str(tmp_path / "bad.pth"), **TINY_SYNC}))
     with pytest.raises(PrismAudioError, match="missing"):
         enc(torch.rand(1, 16, 3, 32, 32))
-
-
-class _TinyPrism(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.proj = nn.Linear(3, 24)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x.mean(dim=(-1, -2)))
-
-
-def test_videoprism_export_contract(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    b, t = torch.export.Dim("b", min=1, max=8), torch.export.Dim("t", min=1, max=512)
-    ep = torch.export.export(_TinyPrism(), (torch.rand(2, 4, 3, 16, 16),), dynamic_shapes=({0: b, 1: t},))
-    torch.export.save(ep, tmp_path / "vp.pt2")
-    enc = build_encoder(EncoderSpec("videoprism", {"path": str(tmp_path / "vp.pt2"), "size": 16, "output_dim": 24}),
-                        modality="video")
-    assert enc.frame_spec() == (4.0, 16) and not enc.loaded
-    frames = torch.rand(1, 7, 3, 20, 20)
-    out = enc(frames)
-    assert out.shape == (1, 7, 24) and torch.equal(out, enc(frames))
-    _frozen(enc)
-    wrong = build_encoder(EncoderSpec("videoprism", {"path": str(tmp_path / "vp.pt2"), "size": 16}))
-    with pytest.raises(PrismAudioError, match="expected"):
-        wrong(frames)  # default output_dim 1024 does not match the export
-    (tmp_path / "w.safetensors").write_bytes(b"")
-    with pytest.raises(PrismAudioError, match=r"\.pt2"):
-        build_encoder(EncoderSpec("videoprism", {"path": str(tmp_path / "w.safetensors")}))
-
-
-def test_videoprism_defaults_follow_official_contract(tmp_path: Path) -> None:
-    (tmp_path / "vp.pt2").write_bytes(b"")
-    enc = build_encoder(EncoderSpec("videoprism", {"path": str(tmp_path / "vp.pt2")}))
-    assert enc.frame_spec() == (4.0, 288) and enc.output_dim == preset("paper").conditioner.video_dim == 1024
-    with pytest.raises(PrismAudioError, match="cannot load"):
-        enc(torch.rand(1, 2, 3, 8, 8))

@@ -1,8 +1,15 @@
 """`t5` and `t5gemma`: frozen Hugging Face text encoders loaded from a LOCAL directory.
 
 The official PrismAudio text features are the `last_hidden_state` of the T5-Gemma encoder
-`google/t5gemma-l-l-ul2-it` (1024-d) over the CoT caption, tokenised with `padding=True,
-truncation=False`. These adapters reproduce that contract:
+`google/t5gemma-l-l-ul2-it` (1024-d) over the raw CoT string (no template), tokenised with
+`padding=True, truncation=False` (`AutoModelForSeq2SeqLM(...).get_encoder()`; our encoder-only load
+gives identical outputs, tested on a tiny random T5-Gemma). These adapters reproduce that contract:
+
+* Strings are encoded exactly as given: no template or prefix here. Length limits on long CoTs are
+  the CoT layer's documented character caps (`cot.MAX_MODULE_CHARS`), never a tokenizer cut.
+* Padding is forced to the right: Gemma tokenizers pad left by default, and T5-Gemma's position ids
+  ignore the mask, so only right padding gives each string of a batch the features it has alone
+  (the official code encodes one string per call).
 
 * `path` (required) is a local directory written by `save_pretrained` / downloaded beforehand; it
   must hold `config.json`, the weights (`model.safetensors` or sharded `*.safetensors` /
@@ -81,7 +88,7 @@ class quiet_hf:
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._log.set_verbosity(self._verbosity)
         if self._bars:
             self._log.enable_progress_bar()
@@ -183,7 +190,11 @@ class T5GemmaTextEncoder(_HFTextEncoder):
         return int(enc["hidden_size"])
 
     def _load_model(self) -> Any:
-        from transformers import AutoConfig, T5GemmaEncoderModel, T5GemmaForConditionalGeneration
+        from transformers import (
+            AutoConfig,
+            T5GemmaEncoderModel,
+            T5GemmaForConditionalGeneration,
+        )
 
         d = str(self.model_dir)
         config = AutoConfig.from_pretrained(d, local_files_only=True)
