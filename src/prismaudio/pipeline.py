@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from .config import DURATION_RULES, EncoderSpec, ModelConfig, load_model_config, preset
-from .encoders.base import Encoder, build_encoder
+from .encoders.base import Encoder, FrozenEncoder, build_encoder
 from .errors import PrismAudioError
 from .io.video import probe_video, read_frames_multi
 from .io.weights import contiguous_state, load_strict
@@ -36,6 +36,8 @@ CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
 VAE_FILE = "vae.safetensors"
 ENCODERS_FILE = "encoders.safetensors"
+# `--dtype` names -> the dtype the DiT and the condition MLPs compute in (the VAE stays float32)
+INFERENCE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -109,7 +111,7 @@ class PrismAudioPipeline(nn.Module):
         config = load_model_config(root / CONFIG_FILE)
         pipe = cls.from_config(config)
         parts: dict[str, nn.Module] = {MODEL_FILE: _ModelPart(pipe.dit, pipe.conditioner), VAE_FILE: pipe.vae}
-        encoders = _EncodersPart(pipe.video_encoder, pipe.sync_encoder)
+        encoders = _EncodersPart(pipe.video_encoder, pipe.sync_encoder, config)
         if _state_size(encoders):
             parts[ENCODERS_FILE] = encoders
         for fname, module in parts.items():
@@ -129,7 +131,7 @@ class PrismAudioPipeline(nn.Module):
             (tmp / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=1) + "\n")
             save_file(contiguous_state(_ModelPart(self.dit, self.conditioner).state_dict(), dtype), tmp / MODEL_FILE)
             save_file(contiguous_state(self.vae.state_dict(), dtype), tmp / VAE_FILE)
-            enc = _EncodersPart(self.video_encoder, self.sync_encoder).state_dict()
+            enc = _EncodersPart(self.video_encoder, self.sync_encoder, self.config).state_dict()
             if enc:
                 save_file(contiguous_state(enc, dtype), tmp / ENCODERS_FILE)
             if root.exists():
@@ -232,6 +234,46 @@ class PrismAudioPipeline(nn.Module):
         peak = audio.abs().amax(dim=(-1, -2), keepdim=True).clamp_min(1.0)
         return (audio / peak).clamp(-1.0, 1.0).float().cpu()
 
+    # ---------------------------------------------------------------- device / dtype / offload
+    def to(self, *args, **kwargs) -> "PrismAudioPipeline":  # type: ignore[override]
+        """`nn.Module.to` with the diffusers meaning of a dtype: `pipe.to("cuda", torch.bfloat16)`.
+
+        The device applies to everything. A floating dtype applies to the DiT and the condition
+        MLPs only (the compute-heavy part): the VAE stays float32 because its Snake activations
+        (sin² of e^α·x) and 2048x upsampling were not measured safe in half precision, and frozen
+        encoders keep the dtype their own spec asks for (their outputs are cast on entry).
+        """
+        device, dtype, non_blocking, _ = torch._C._nn._parse_to(*args, **kwargs)
+        if dtype is not None and dtype not in INFERENCE_DTYPES.values():
+            raise PrismAudioError(f"unsupported pipeline dtype {dtype} (choose from {', '.join(INFERENCE_DTYPES)})")
+        if device is not None:
+            super().to(device, non_blocking=non_blocking)
+        if dtype is not None:
+            self.dit.to(dtype)
+            self.conditioner.to(dtype)
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the DiT (and the condition MLPs) compute in."""
+        return next(self.dit.parameters()).dtype
+
+    def release_encoders(self) -> None:
+        """Free the frozen pretrained encoders' weights (they reload lazily on the next clip).
+
+        With `offload_encoders` set, `generate` calls this once the features are computed, so the
+        encoders and the DiT + VAE are never resident on the accelerator at the same time for
+        long; trainable built-in encoders are tiny and part of our checkpoint, so they stay.
+        """
+        import gc
+
+        for enc in (self.video_encoder, self.sync_encoder, self.text_encoder):
+            if isinstance(enc, FrozenEncoder) and enc.loaded:
+                object.__setattr__(enc, "_loaded", None)  # FrozenEncoder keeps its model outside children
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     # ---------------------------------------------------------------- helpers
     @property
     def device(self) -> torch.device:
@@ -272,13 +314,15 @@ class _ModelPart(nn.Module):
 
 
 class _EncodersPart(nn.Module):
-    """The trainable built-in encoders, saved under `video.` / `sync.` (absent ones are skipped)."""
+    """The built-in encoders' weights, saved under `video.` / `sync.`. Skipped: absent encoders and
+    those that load their own checkpoint (a `path` in their spec: VideoPrism, Synchformer, CLIP),
+    which are never copied into our files."""
 
-    def __init__(self, video: nn.Module | str, sync: nn.Module | str) -> None:
+    def __init__(self, video: nn.Module | str, sync: nn.Module | str, config: ModelConfig) -> None:
         super().__init__()
-        if isinstance(video, nn.Module):
+        if isinstance(video, nn.Module) and "path" not in config.encoders.video.params:
             self.video = video
-        if isinstance(sync, nn.Module):
+        if isinstance(sync, nn.Module) and "path" not in config.encoders.sync.params:
             self.sync = sync
 
 
