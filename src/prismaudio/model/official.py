@@ -6,20 +6,41 @@ official `vae.ckpt` is a Lightning checkpoint whose VAE keys start with `autoenc
 is `dit.*`, `conditioner.*` and `vae.*` (the VAE keeps the official names, prefix stripped).
 `RENAMES` below is the complete table; values are copied unchanged (same shapes). Two kinds of
 official entries carry no information and are dropped after a check: the all-zero LayerNorm `beta`
-buffers and the RoPE `inv_freq` buffer (a function of the head size).
+buffers and the RoPE `inv_freq` buffer (a function of the head size). A third kind is dropped because
+the network never calls it: the stable-audio-tools base `Conditioner` creates
+`proj_out = Linear(dim, output_dim)` whenever a condition's input width differs from its output width
+(official_network.md §4), and neither `Cond_MLP` (video, text) nor `Sync_MLP` uses it. The sync one is
+kept (`sync_proj_out`, parameter-count parity with the released model); the video / text ones, which
+exist only in configs whose encoder width differs from the conditioner width, are shape-checked and
+dropped (`UNUSED_PROJ_OUT`).
+
+`convert_official_checkpoint` writes a complete model directory: the network, the VAE and (when
+given) the three pretrained encoders, copied into `encoders/` (hard links on the same filesystem) and
+referenced by relative paths from `config.json`, so the directory is self-contained and movable.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..config import ConditionerConfig, DiTConfig, ModelConfig, VAEConfig, preset
+from ..config import (
+    ConditionerConfig,
+    DiTConfig,
+    EncoderSpec,
+    ModelConfig,
+    VAEConfig,
+    preset,
+)
 from ..errors import PrismAudioError
 from .layers import rope_inv_freq
 
@@ -56,12 +77,15 @@ RENAMES: list[tuple[str, str]] = [
     ("autoencoder.{rest}", "vae.{rest}"),  # Lightning vae.ckpt (import only; export uses the line above)
 ]
 NORM_BETA = "model.model.transformer.layers.{i}.{norm}.beta"  # all-zero buffers (bias-less LayerNorm)
+# created by the official base Conditioner when dim != output_dim, never called by Cond_MLP (§4)
+UNUSED_PROJ_OUT = "conditioner.conditioners.{vt}_features.proj_out.{w}"
 ROPE_INV_FREQ = "model.model.transformer.rotary_pos_emb.inv_freq"
 
 _SLOTS: dict[str, Any] = {
     "i": r"\d+", "w": "weight|bias", "attn": "self_attn|cross_attn", "qk": "q|k",
     "c": "video|text|sync", "rest": ".+", "norm": "pre_norm|cross_attend_norm|ff_norm",
     "fc": {"0": "fc1", "2": "fc2"},  # official value -> ours
+    "vt": "video|text",
 }
 PARTS = ("dit", "conditioner", "vae")
 
@@ -94,17 +118,25 @@ def _rename(key: str, table: list[tuple[re.Pattern[str], str]], to_ours: bool) -
 _TO_OURS = [(_compile(o, ours=False), t) for o, t in RENAMES]
 _TO_OFFICIAL = [(_compile(t, ours=True), o) for o, t in RENAMES if not o.startswith("autoencoder.")]
 _BETA = _compile(NORM_BETA, ours=False)
+_UNUSED_PROJ = _compile(UNUSED_PROJ_OUT, ours=False)
 
 
 # ------------------------------------------------------------------------------ official -> ours
 def split_official_state_dict(sd: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:
     """Official flat state dict -> {'dit': ..., 'conditioner': ..., 'vae': ...} in our key names.
 
-    Parts absent from the checkpoint come back empty. Unknown keys raise `PrismAudioError`.
+    Parts absent from the checkpoint come back empty. The never-called video / text `proj_out`
+    weights are shape-checked and returned under 'unused' (official names) instead of a part.
+    Unknown keys raise `PrismAudioError`.
     """
-    out: dict[str, dict[str, Tensor]] = {p: {} for p in PARTS}
+    out: dict[str, dict[str, Tensor]] = {p: {} for p in (*PARTS, "unused")}
     head_dims = {v.shape[0] for k, v in sd.items() if k.endswith("self_attn.q_norm.weight")}
     for key, value in sd.items():
+        m = _UNUSED_PROJ.fullmatch(key)
+        if m:
+            _check_unused_proj(key, value, sd, m["vt"], m["w"])
+            out["unused"][key] = value
+            continue
         if _BETA.fullmatch(key):
             if not value.is_meta and torch.count_nonzero(value):
                 raise PrismAudioError(f"official LayerNorm buffer {key} is not zero; our norms have no bias")
@@ -122,6 +154,17 @@ def split_official_state_dict(sd: dict[str, Tensor]) -> dict[str, dict[str, Tens
     return out
 
 
+def _check_unused_proj(key: str, value: Tensor, sd: dict[str, Tensor], which: str, kind: str) -> None:
+    """proj_out must be the base class's Linear(dim -> output_dim): the embedder's first layer shape."""
+    fc1 = sd.get(f"conditioner.conditioners.{which}_features.embedder.0.weight")
+    if fc1 is None:
+        return  # the missing embedder itself is reported by the shape check of the conditioner
+    want = list(fc1.shape) if kind == "weight" else [fc1.shape[0]]
+    if list(value.shape) != want:
+        raise PrismAudioError(f"official conditioner weight {key!r} has shape {list(value.shape)}, expected {want} "
+                              f"(the unused Linear({fc1.shape[1]} -> {fc1.shape[0]}) of the {which} condition)")
+
+
 def _check_inv_freq(value: Tensor, head_dims: set[int]) -> None:
     dim = 2 * value.shape[0]
     if head_dims and {max(h // 2, 32) for h in head_dims} != {dim}:
@@ -137,7 +180,8 @@ def to_official_state_dict(
     """Our state dicts -> the official flat layout (strict-loadable into the official wrapper).
 
     Adds the zero LayerNorm betas and the RoPE inv_freq; fills the never-used official parameters
-    with zeros when our model was built without them (keep_unused_official_params=False).
+    with zeros when our model was built without them (keep_unused_official_params=False, and the
+    video / text `proj_out` of conditions whose input width differs from the output width).
     """
     ours = {f"dit.{k}": v for k, v in dit.items()}
     ours.update({f"conditioner.{k}": v for k, v in conditioner.items()})
@@ -166,11 +210,13 @@ def _fill_unused(out: dict[str, Tensor]) -> None:
     if cond_w in out and "model.model.empty_clip_feat" not in out:
         out["model.model.empty_clip_feat"] = zeros(cond_w, 1, out[cond_w].shape[1])
         out["model.model.empty_sync_feat"] = zeros(sync_w, 1, out[sync_w].shape[1])
-    fc1 = "conditioner.conditioners.sync_features.embedder.0.weight"
-    proj = "conditioner.conditioners.sync_features.proj_out."
-    if fc1 in out and proj + "weight" not in out:
-        out[proj + "weight"] = zeros(fc1, *out[fc1].shape)
-        out[proj + "bias"] = zeros(fc1, out[fc1].shape[0])
+    for which in ("video", "text", "sync"):
+        # the official base Conditioner has proj_out = Linear(dim, output_dim) exactly when they differ
+        fc1 = f"conditioner.conditioners.{which}_features.embedder.0.weight"
+        proj = f"conditioner.conditioners.{which}_features.proj_out."
+        if fc1 in out and proj + "weight" not in out and out[fc1].shape[0] != out[fc1].shape[1]:
+            out[proj + "weight"] = zeros(fc1, *out[fc1].shape)
+            out[proj + "bias"] = zeros(fc1, out[fc1].shape[0])
 
 
 # ------------------------------------------------------------------------------ files and configs
@@ -181,6 +227,9 @@ def load_official_state_dict(path: str | Path) -> dict[str, Tensor]:
     (the official vae.ckpt) only those are kept (discriminator and loss weights are training-only).
     """
     path = Path(path)
+    if path.is_dir():
+        raise PrismAudioError(f"checkpoint {path} is a directory, not an official checkpoint file "
+                              "(prismaudio.ckpt / vae.ckpt / .safetensors)")
     if not path.is_file():
         raise PrismAudioError(f"checkpoint {path} does not exist")
     try:
@@ -239,11 +288,15 @@ def config_from_official(official: dict[str, Any]) -> ModelConfig:
         dims = ("io_channels", "embed_dim", "depth", "num_heads", "cond_token_dim", "add_token_dim",
                 "sync_token_dim")
         dit = DiTConfig(**{k: int(dc[k]) for k in dims})
+        output_dim = outs.pop()
+        sync_dim = conds["sync_features"]["dim"]
         conditioner = ConditionerConfig(
             video_dim=conds["video_features"]["dim"],
             text_dim=conds["text_features"]["dim"],
-            sync_dim=conds["sync_features"]["dim"],
-            output_dim=outs.pop(),
+            sync_dim=sync_dim,
+            output_dim=output_dim,
+            # the official sync proj_out exists only when the widths differ (base Conditioner)
+            keep_unused_official_params=sync_dim != output_dim,
         )
         pre = model["pretransform"]
         enc, dec = pre["config"]["encoder"]["config"], pre["config"]["decoder"]["config"]
@@ -299,21 +352,57 @@ def load_official(
             module.load_state_dict(parts[part])
 
 
+# (config slot, registry name, CLI flag, what the flag names) of the three pretrained encoders
+ENCODER_SOURCES: tuple[tuple[str, str, str, str], ...] = (
+    ("video", "videoprism", "--videoprism", "DIR"),
+    ("sync", "synchformer", "--synchformer", "FILE"),
+    ("text", "t5gemma", "--t5gemma", "DIR"),
+)
+ENCODERS_DIR = "encoders"  # inside a converted model directory: encoders/<registry name>/...
+
+
+def encoder_flag_hint(slot: str, name: str) -> str:
+    """How a user provides a missing encoder of a model directory (one clause, for error lines)."""
+    for s_slot, s_name, flag, what in ENCODER_SOURCES:
+        if s_slot == slot and s_name == name:
+            return (f"convert with `prismaudio convert-official ... {flag} {what}` to include it, or set "
+                    f"encoders.{slot}.params.path in the model's config.json")
+    return f"set encoders.{slot}.params.path in the model's config.json"
+
+
 def convert_official_checkpoint(
     weights: str | Path,
     out: str | Path,
     config: str | Path | None = None,
     vae_weights: str | Path | None = None,
+    encoders: dict[str, str | Path] | None = None,
+    encoder_params: dict[str, dict[str, Any]] | None = None,
+    notes: Callable[[str], None] | None = None,
 ) -> ModelConfig:
-    """Write our checkpoint directory (config.json, model.safetensors, vae.safetensors) from official
-    files: `weights` = prismaudio.ckpt, `config` = its JSON (default: the paper preset), `vae_weights`
-    = an optional vae.ckpt overriding the VAE inside `weights`."""
+    """Write our model directory from official files, atomically (a temporary sibling directory,
+    renamed into place only when everything is written: a failure leaves nothing behind).
+
+    `weights` = prismaudio.ckpt, `config` = its JSON (default: the paper preset), `vae_weights` = an
+    optional vae.ckpt overriding the VAE inside `weights`. `encoders` maps slots 'video' / 'sync' /
+    'text' to the local VideoPrism directory, Synchformer state-dict file and T5-Gemma directory;
+    each is validated (kind and width) by building its registered encoder, then copied into
+    `out/encoders/<name>/` (hard-linked when on the same filesystem: no extra disk space) and
+    referenced by a path relative to `out` in `config.json`. `encoder_params` adds constructor
+    parameters per slot (a non-released architecture, e.g. another Synchformer head count).
+    `notes` receives one line per fact the user should know (dropped unused weights, encoders the
+    directory still lacks, how encoder files were placed). `out` must not exist or be empty.
+    """
     from safetensors.torch import save_file
 
+    from ..encoders.base import build_encoder
     from .conditioning import Conditioner
     from .dit import DiffusionTransformer
     from .vae import OobleckVAE
 
+    note = notes or (lambda _line: None)
+    root = Path(out)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise PrismAudioError(f"--out {root} exists and is not an empty directory; choose a new one")
     if config is None:
         cfg = preset("paper")
     else:
@@ -333,11 +422,90 @@ def convert_official_checkpoint(
         modules = {"dit": DiffusionTransformer(cfg.dit), "conditioner": Conditioner(cfg.conditioner),
                    "vae": OobleckVAE(cfg.vae)}
     for part, module in modules.items():
-        check_state_dict(module, parts[part], f"official {part} weights")
-    root = Path(out)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n", encoding="utf-8")
-    model = {f"{p}.{k}": v.contiguous() for p in ("dit", "conditioner") for k, v in parts[p].items()}
-    save_file(model, str(root / "model.safetensors"))
-    save_file({k: v.contiguous() for k, v in parts["vae"].items()}, str(root / "vae.safetensors"))
+        check_state_dict(module, parts[part], f"official {part} weights ({weights})")
+    if parts["unused"]:
+        names = ", ".join(sorted(parts["unused"]))
+        n = sum(v.numel() for v in parts["unused"].values())
+        note(f"ignored {len(parts['unused'])} official weights ({n:,} values) that the network never uses: {names}")
+
+    sources = _check_encoder_sources(cfg, dict(encoders or {}), dict(encoder_params or {}), build_encoder)
+    for slot, name, flag, what in ENCODER_SOURCES:
+        if slot not in sources:
+            note(f"no {flag} given: {root} has no {name} {slot} encoder yet and `prismaudio generate` will refuse "
+                 f"it until one is added (re-run with {flag} {what}, or set encoders.{slot}.params.path in config.json)")
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.converting-", dir=root.parent))
+    try:
+        placed = {"linked": 0, "copied": 0, "copied_bytes": 0}
+        for slot, (src, spec) in sources.items():
+            rel = Path(ENCODERS_DIR) / spec.name
+            if src.is_dir():
+                _place_tree(src, tmp / rel, placed)
+            else:
+                rel = rel / src.name
+                _place_file(src, tmp / rel, placed)
+            spec.params["path"] = rel.as_posix()
+            setattr(cfg.encoders, slot, spec)
+        (tmp / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n", encoding="utf-8")
+        model = {f"{p}.{k}": v.contiguous() for p in ("dit", "conditioner") for k, v in parts[p].items()}
+        save_file(model, str(tmp / "model.safetensors"))
+        save_file({k: v.contiguous() for k, v in parts["vae"].items()}, str(tmp / "vae.safetensors"))
+        if root.exists():
+            root.rmdir()  # empty (checked above)
+        os.replace(tmp, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if sources:
+        how = f"{placed['linked']} file(s) hard-linked"
+        if placed["copied"]:
+            how += f", {placed['copied']} copied ({placed['copied_bytes'] / 2**20:.0f} MiB; another filesystem)"
+        note(f"encoders {', '.join(s.name for _, s in sources.values())} placed in {root / ENCODERS_DIR}: {how}")
     return cfg
+
+
+def _check_encoder_sources(
+    cfg: ModelConfig, given: dict[str, str | Path], params: dict[str, dict[str, Any]], build: Callable[..., Any]
+) -> dict[str, tuple[Path, EncoderSpec]]:
+    """Validate each given encoder by building it (cheap: the weights load lazily) and comparing its
+    width with the conditioner's; returns slot -> (absolute source, spec to record)."""
+    known = {slot: (name, flag) for slot, name, flag, _ in ENCODER_SOURCES}
+    unknown = sorted(set(given) - set(known)) + sorted(set(params) - set(known))
+    if unknown:
+        raise PrismAudioError(f"unknown encoder slot(s) {unknown} (video, sync, text)")
+    widths = {"video": cfg.conditioner.video_dim, "sync": cfg.conditioner.sync_dim, "text": cfg.conditioner.text_dim}
+    out: dict[str, tuple[Path, EncoderSpec]] = {}
+    for slot, src in given.items():
+        if src is None:
+            continue
+        name, flag = known[slot]
+        path = Path(src).expanduser().resolve()
+        spec = EncoderSpec(name, {**params.get(slot, {}), "path": str(path)})
+        try:
+            enc = build(spec, modality=slot)
+        except PrismAudioError as e:
+            raise PrismAudioError(f"{flag} {src}: {e}") from None
+        if enc.output_dim != widths[slot]:
+            raise PrismAudioError(f"{flag} {src}: the {name} encoder gives {enc.output_dim}-d features but the "
+                                  f"checkpoint's {slot} condition expects {widths[slot]}-d (another model size?)")
+        out[slot] = (path, EncoderSpec(name, {**params.get(slot, {})}))
+    return out
+
+
+def _place_file(src: Path, dst: Path, placed: dict[str, int]) -> None:
+    """Hard-link `src` to `dst` (free, same inode), or copy it when linking is impossible."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)  # follows a symlinked source (e.g. a Hugging Face cache snapshot)
+        placed["linked"] += 1
+    except OSError:
+        shutil.copy2(src, dst)
+        placed["copied"] += 1
+        placed["copied_bytes"] += dst.stat().st_size
+
+
+def _place_tree(src: Path, dst: Path, placed: dict[str, int]) -> None:
+    """Every file under `src` (hidden entries such as .git or .cache skipped), keeping the layout."""
+    for item in sorted(src.rglob("*")):
+        if item.is_file() and not any(part.startswith(".") for part in item.relative_to(src).parts):
+            _place_file(item, dst / item.relative_to(src), placed)
