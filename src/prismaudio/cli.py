@@ -144,6 +144,57 @@ def cmd_cot(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------ generate
+def resolve_device_dtype(device: str | None, dtype: str) -> tuple[Any, Any]:
+    """`--device` / `--dtype` -> (torch.device, torch.dtype), refusing what cannot run here."""
+    import torch
+
+    from .pipeline import INFERENCE_DTYPES
+
+    name = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise PrismAudioError(f"--device {name!r} is not a device (cuda, cuda:N or cpu)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise PrismAudioError("--device cuda: no CUDA GPU is visible to this PyTorch build; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise PrismAudioError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    elif dev.type != "cpu":
+        raise PrismAudioError(f"--device {name!r}: only cuda and cpu are supported")
+    dt = INFERENCE_DTYPES[dtype]
+    if dev.type == "cpu" and dt == torch.float16:
+        raise PrismAudioError("--dtype fp16 is not supported on the CPU (slow, emulated half matmuls); "
+                              "use --dtype bf16 or fp32 there, or --device cuda")
+    if dev.type == "cpu" and dt == torch.bfloat16 and not _cpu_has_native_bf16():
+        import warnings
+
+        warnings.warn("this CPU has no native bf16 matmul (AVX-512 BF16 / AMX): --dtype bf16 is emulated and "
+                      "slower than fp32 here (README: Use the released weights)", stacklevel=2)
+    if dev.type == "cuda" and dt == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise PrismAudioError(f"--dtype bf16: {torch.cuda.get_device_name(dev)} has no bf16 support; use fp16 or fp32")
+    return dev, dt
+
+
+def _cpu_has_native_bf16() -> bool:
+    """torch's own CPU probes (private API, so a missing probe counts as 'unknown' = no warning)."""
+    import torch
+
+    probes = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    probes = [p for p in probes if p is not None]
+    try:
+        return not probes or any(p() for p in probes)
+    except Exception:  # noqa: BLE001
+        return True
+
+
+def place_pipeline(pipe: Any, args: argparse.Namespace) -> Any:
+    """Move the pipeline to `--device`, cast its DiT to `--dtype`, set `--offload` (generate)."""
+    dev, dt = resolve_device_dtype(args.device, args.dtype)
+    pipe.offload_encoders = bool(args.offload)
+    return pipe.to(dev, dt)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -161,7 +212,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise PrismAudioError("give a video file (or --manifest)")
     video = Path(args.video)
     probe_video(video)  # fail fast on a bad video before loading the model
-    pipe = load_pipeline(args.model)
+    pipe = place_pipeline(load_pipeline(args.model), args)
     if args.duration_rule is not None:
         pipe.config.sampling.duration_rule = args.duration_rule
     plan = resolve_cot(args, video)
@@ -212,7 +263,7 @@ def generate_manifest(args: argparse.Namespace) -> int:
     else:
         planner = build_planner(args.planner, **planner_options(args.planner_opt))
         plan = lambda row: planner.plan(row.video, caption=args.caption)  # noqa: E731
-    pipe = load_pipeline(args.model)
+    pipe = place_pipeline(load_pipeline(args.model), args)
     summary = generate_rows(pipe, rows, args.out, plan, cot_style=args.cot_style, steps=args.steps,
                             cfg_scale=args.cfg, seed=args.seed, progress=not args.quiet)
     for clip, why in summary.failed.items():
@@ -225,19 +276,17 @@ def generate_manifest(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------- convert-official
 def cmd_convert_official(args: argparse.Namespace) -> int:
+    """Official weights (+ the three encoders) -> one model directory, written atomically by the
+    library; every fact worth knowing (dropped unused weights, encoders still missing) is a note."""
     from .model.official import convert_official_checkpoint
 
-    out = Path(args.out)
-    with tempfile.TemporaryDirectory(prefix="prismaudio-convert-") as tmp:
-        staged = Path(tmp) / out.name
-        convert_official_checkpoint(args.weights, staged, config=args.config, vae_weights=args.vae)
-        if out.exists() and any(out.iterdir()):
-            raise PrismAudioError(f"--out {out} exists and is not empty")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.exists():
-            out.rmdir()
-        shutil.move(str(staged), out)
-    print(out)
+    encoders = {"video": args.videoprism, "sync": args.synchformer, "text": args.t5gemma}
+    convert_official_checkpoint(
+        args.weights, args.out, config=args.config, vae_weights=args.vae,
+        encoders={k: v for k, v in encoders.items() if v is not None},
+        notes=lambda line: print(f"prismaudio: note: {line}", file=sys.stderr),
+    )
+    print(args.out)
     return 0
 
 
@@ -436,6 +485,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the video's length as is, or truncated to whole seconds as the official demo.sh "
                         "does (default: the model's, normally exact)")
     g.add_argument("--model", default=None, help="model directory, or preset:NAME for random weights")
+    g.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available, else cpu)")
+    g.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="precision of the DiT and condition MLPs (default fp32; the VAE decodes in fp32)")
+    g.add_argument("--offload", action="store_true",
+                   help="free the pretrained encoders once their features exist, before sampling (less GPU memory)")
     g.add_argument("--quiet", action="store_true", help="no progress bar, no file list")
     g.set_defaults(func=cmd_generate)
 
@@ -528,7 +582,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--weights", required=True, help="official prismaudio.ckpt or .safetensors")
     c.add_argument("--config", default=None, help="official model config JSON (default: the paper config)")
     c.add_argument("--vae", default=None, help="optional official vae.ckpt overriding the pretransform")
-    c.add_argument("--out", required=True, help="output checkpoint directory")
+    c.add_argument("--synchformer", default=None, metavar="FILE",
+                   help="the released synchformer_state_dict.pth (sync encoder)")
+    c.add_argument("--videoprism", default=None, metavar="DIR",
+                   help="a local transformers VideoPrism LvT-large directory (video encoder)")
+    c.add_argument("--t5gemma", default=None, metavar="DIR",
+                   help="a local google/t5gemma-l-l-ul2-it directory (text encoder)")
+    c.add_argument("--out", required=True,
+                   help="output model directory (new or empty); the encoders are hard-linked (or copied) into it")
     c.set_defaults(func=cmd_convert_official)
     return p
 
