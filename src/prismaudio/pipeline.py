@@ -81,6 +81,7 @@ class PrismAudioPipeline(nn.Module):
         self.video_encoder = video_encoder
         self.sync_encoder = sync_encoder
         self.text_encoder = text_encoder
+        self.offload_encoders = False  # `generate` releases the frozen encoders after use (`release_encoders`)
 
     # ---------------------------------------------------------------- construction / checkpoints
     @classmethod
@@ -108,7 +109,11 @@ class PrismAudioPipeline(nn.Module):
         root = Path(path)
         if not root.is_dir():
             raise PrismAudioError(f"model directory {root} does not exist or is not a directory")
+        if not (root / CONFIG_FILE).is_file():
+            raise PrismAudioError(f"cannot read config {root / CONFIG_FILE}: {root} is not a PrismAudio model "
+                                  "directory (an official checkpoint is converted with `prismaudio convert-official`)")
         config = load_model_config(root / CONFIG_FILE)
+        _resolve_encoder_paths(config, root)
         pipe = cls.from_config(config)
         parts: dict[str, nn.Module] = {MODEL_FILE: _ModelPart(pipe.dit, pipe.conditioner), VAE_FILE: pipe.vae}
         encoders = _EncodersPart(pipe.video_encoder, pipe.sync_encoder, config)
@@ -194,12 +199,15 @@ class PrismAudioPipeline(nn.Module):
         steps: int | None = None,
         cfg_scale: float | None = None,
         progress: Callable[[int, int], None] | None = None,
+        offload: bool | None = None,
     ) -> GenerationResult:
         """Sound for `video`. Same seed -> bit-identical audio on CPU.
 
         `cot` is the chain-of-thought plan (any text; empty = unconditioned text). Duration
         defaults to the video's; the official predict path's peak normalisation is replaced by a
         clip guard (audio is only scaled down when it would clip), so loudness is preserved.
+        `offload` (default: `self.offload_encoders`) frees the frozen encoders once their features
+        exist, before the DiT runs (peak memory: README "Use the released weights").
         """
         steps = self.config.sampling.steps if steps is None else int(steps)
         if steps <= 0:
@@ -207,6 +215,8 @@ class PrismAudioPipeline(nn.Module):
         cfg = self.config.sampling.cfg_scale if cfg_scale is None else float(cfg_scale)
         cot = "" if cot is None else cot
         feats = self.extract_features(video, cot, duration)
+        if self.offload_encoders if offload is None else offload:
+            self.release_encoders()
         cond = self.condition(feats)
         latents = self.sample_latents(cond, seed=seed, steps=steps, cfg_scale=cfg, progress=progress)
         audio = self.decode(latents, feats.duration)[0]
@@ -225,11 +235,13 @@ class PrismAudioPipeline(nn.Module):
             raise PrismAudioError("the sync condition is required to know the latent length")
         gen = torch.Generator(device="cpu").manual_seed(int(seed))
         noise = torch.randn(cond.batch_size, self.config.dit.io_channels, n, generator=gen).to(self.device)
-        fn = guided_velocity(self.dit, cond, cfg_scale)
+        # the noise is drawn on the CPU in float32 whatever the device / dtype (same seed, same noise),
+        # and the Euler state stays float32: only the network runs in `self.dtype`
+        fn = guided_velocity(_Float32Velocity(self.dit), cond, cfg_scale)
         return sample_ode(fn, noise, inference_timesteps(steps).to(self.device), progress=progress)
 
     def decode(self, latents: Tensor, duration: float) -> Tensor:
-        audio = self.vae.decode(latents)
+        audio = self.vae.decode(latents.to(next(self.vae.parameters()).dtype))
         audio = audio[..., : round(duration * self.config.sample_rate)]
         peak = audio.abs().amax(dim=(-1, -2), keepdim=True).clamp_min(1.0)
         return (audio / peak).clamp(-1.0, 1.0).float().cpu()
@@ -244,8 +256,8 @@ class PrismAudioPipeline(nn.Module):
         encoders keep the dtype their own spec asks for (their outputs are cast on entry).
         """
         device, dtype, non_blocking, _ = torch._C._nn._parse_to(*args, **kwargs)
-        if dtype is not None and dtype not in INFERENCE_DTYPES.values():
-            raise PrismAudioError(f"unsupported pipeline dtype {dtype} (choose from {', '.join(INFERENCE_DTYPES)})")
+        if dtype is not None and not dtype.is_floating_point:
+            raise PrismAudioError(f"the pipeline computes in a floating dtype, not {dtype}")
         if device is not None:
             super().to(device, non_blocking=non_blocking)
         if dtype is not None:
@@ -284,7 +296,11 @@ class PrismAudioPipeline(nn.Module):
         for spec, enc in ((specs.video, self.video_encoder), (specs.sync, self.sync_encoder),
                           (specs.text, self.text_encoder)):
             if isinstance(enc, str):
-                raise PrismAudioError(f"encoder {spec.name!r} is not available: {enc}")
+                from .model.official import encoder_flag_hint
+
+                slot = next(s for s in ("video", "sync", "text") if getattr(specs, s) is spec)
+                raise PrismAudioError(f"the {slot} encoder {spec.name!r} is not available: {enc}; "
+                                      f"{encoder_flag_hint(slot, spec.name)}")
 
     def _check_duration(self, duration: float) -> float:
         if not duration > 0:
@@ -292,6 +308,19 @@ class PrismAudioPipeline(nn.Module):
         if duration > self.config.max_duration:
             raise PrismAudioError(f"duration {duration:g} s exceeds the maximum of {self.config.max_duration:g} s")
         return float(duration)
+
+
+def _resolve_encoder_paths(config: ModelConfig, root: Path) -> None:
+    """A relative encoder `path` in config.json names a file inside the model directory
+    (`convert-official` places the encoders there), so the directory can be moved as a whole;
+    one that does not exist there keeps its old meaning (relative to the working directory)."""
+    for slot in ("video", "sync", "text"):
+        params = getattr(config.encoders, slot).params
+        value = params.get("path")
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            inside = root / value
+            if inside.exists():
+                params["path"] = str(inside.resolve())
 
 
 def _build_if_available(spec: EncoderSpec) -> Encoder | str:
@@ -302,6 +331,21 @@ def _build_if_available(spec: EncoderSpec) -> Encoder | str:
         return build_encoder(spec)
     except PrismAudioError as e:
         return str(e)
+
+
+class _Float32Velocity(nn.Module):
+    """The DiT seen by the sampler with a float32 velocity, so that CFG's v_u + s·(v_c - v_u) and the
+    Euler update are float32 when the network computes in bf16 / fp16 (identity in float32)."""
+
+    def __init__(self, dit: DiffusionTransformer) -> None:
+        super().__init__()
+        self.dit = dit
+
+    def prepare(self, cond: ConditionTokens, n: int):
+        return self.dit.prepare(cond, n)
+
+    def forward(self, x: Tensor, t: Tensor, cond) -> Tensor:
+        return self.dit(x, t, cond).float()
 
 
 class _ModelPart(nn.Module):
