@@ -137,3 +137,14 @@ def test_generate_runs_the_official_pipeline_on_odd_videos(model_dir: Path, clip
     assert audio.shape[0] == expected and abs(audio.shape[0] - duration * sr) <= hop
     assert np.isfinite(audio).all() and float(np.abs(audio).max()) > 0
     assert outs[0].read_bytes() == outs[1].read_bytes()  # deterministic for a seed
+
+
+def test_a_clip_shorter_than_one_sync_segment_is_one_line(model_dir: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    short = _video(tmp_path / "short.mp4", 320, 240, Fraction(25), 0.5)
+    out = tmp_path / "out"
+    assert cli_main(["generate", str(short), "--model", str(model_dir), "--planner", "none",
+                     "--steps", "2", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(short) in err[0] and "0.64 s" in err[0] and "Traceback" not in err[0]
+    assert not out.exists() or not any(out.iterdir())

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from .config import DURATION_RULES, EncoderSpec, ModelConfig, load_model_config, preset
 from .encoders.base import Encoder, FrozenEncoder, build_encoder
 from .errors import PrismAudioError
-from .io.video import probe_video, read_frames_multi
+from .io.video import num_samples, probe_video, read_frames_multi
 from .io.weights import contiguous_state, load_strict
 from .model.conditioning import Conditioner, ConditionTokens
 from .model.dit import DiffusionTransformer
@@ -164,6 +164,11 @@ class PrismAudioPipeline(nn.Module):
         self._require_encoders()
         duration = self._check_duration(self.clip_duration(probe_video(video).duration) if duration is None else duration)
         rates = [self.video_encoder.frame_spec(), self.sync_encoder.frame_spec()]
+        try:  # refuse a clip an encoder cannot take (e.g. shorter than one Synchformer segment) before decoding
+            for enc, spec in zip((self.video_encoder, self.sync_encoder), rates):
+                enc.output_length(num_samples(spec.fps, duration))
+        except PrismAudioError as e:
+            raise PrismAudioError(f"{video}: {e}") from None
         frames_v, frames_s = read_frames_multi(video, rates, duration=duration)
         dev = self.device
         v = self.video_encoder(frames_v.unsqueeze(0).to(dev))
