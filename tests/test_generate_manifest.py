@@ -66,3 +66,31 @@ def test_manifest_and_video_together_is_one_clear_error(corpus: Path, tmp_path: 
     video = next((corpus / "video").glob("*.mp4"))
     assert cli_main(["generate", str(video), "--manifest", str(corpus / "manifest.jsonl"), "--out", str(tmp_path)]) == 2
     assert "drop the video" in capsys.readouterr().err
+
+
+def test_a_folder_of_videos_loads_the_model_once(corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """`generate DIR`: every video file of the folder, one model load; a broken file is reported, the
+    rest still run (exit 1), other files are ignored."""
+    import shutil
+
+    import prismaudio.cli as cli
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for p in sorted((corpus / "video").glob("*.mp4"))[:2]:
+        shutil.copy(p, folder / p.name)
+    (folder / "broken.mp4").write_bytes(b"not a video")
+    (folder / "notes.txt").write_text("ignored")
+    loads = []
+    real = cli.load_pipeline
+    monkeypatch.setattr(cli, "load_pipeline", lambda spec: loads.append(spec) or real(spec))
+    out = tmp_path / "out"
+    code = cli_main(["generate", str(folder), "--model", "preset:tiny", "--planner", "none", "--steps", "2",
+                     "--out", str(out), "--quiet"])
+    assert code == 1 and len(loads) == 1
+    stems = sorted(p.stem for p in folder.glob("*.mp4") if p.name != "broken.mp4")
+    assert sorted(p.stem for p in out.glob("*.wav")) == stems
+    assert "clip broken:" in capsys.readouterr().err
+    assert cli_main(["generate", str(tmp_path / "out"), "--model", "preset:tiny", "--out", str(tmp_path / "o2"),
+                     "--quiet", "--planner", "none"]) == 2  # a folder with no video files: one line

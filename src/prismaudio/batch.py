@@ -1,4 +1,5 @@
-"""Generate sound for every clip of a manifest split: the input `prismaudio evaluate` expects.
+"""Generate sound for every clip of a manifest split (or every video of a folder), loading the model
+once: the input `prismaudio evaluate` expects.
 
 One `<id>.wav` per clip (written atomically, so an interrupted run never leaves a truncated file)
 plus `<id>.cot.json`, the plan it was conditioned on. Clips whose WAV already exists are skipped,
@@ -41,6 +42,25 @@ def manifest_rows(manifest: str | os.PathLike, split: str | None, limit: int | N
     rows = rows[:limit] if limit is not None else rows
     if not rows:
         raise PrismAudioError(f"no clips of split {split!r} in {manifest}")
+    return rows
+
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".m4v", ".webm", ".avi")
+
+
+def folder_rows(folder: str | os.PathLike, limit: int | None = None) -> list[ManifestRow]:
+    """Every video file directly in `folder` (by suffix, sorted), one row each, id = the file stem."""
+    d = Path(folder)
+    videos = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
+                    and not p.name.startswith("."))
+    stems: dict[str, Path] = {}
+    for p in videos:
+        if p.stem in stems:
+            raise PrismAudioError(f"{stems[p.stem].name} and {p.name} in {d} would both write {p.stem}.wav")
+        stems[p.stem] = p
+    rows = [ManifestRow(id=p.stem, video=p) for p in videos][:limit]
+    if not rows:
+        raise PrismAudioError(f"no video files ({', '.join(VIDEO_SUFFIXES)}) in {d}")
     return rows
 
 

@@ -206,7 +206,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise PrismAudioError(f"--steps must be a positive integer, got {args.steps}")
     if args.duration is not None and not args.duration > 0:
         raise PrismAudioError(f"--duration must be > 0 s, got {args.duration:g}")
-    if args.manifest is not None:
+    if args.manifest is not None or (args.video is not None and Path(args.video).is_dir()):
         return generate_manifest(args)
     if args.video is None:
         raise PrismAudioError("give a video file (or --manifest)")
@@ -247,15 +247,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def generate_manifest(args: argparse.Namespace) -> int:
     """`generate --manifest`: OUT/<id>.wav for every clip of the split; exit 1 if any clip failed."""
-    from .batch import generate_rows, manifest_plan, manifest_rows
+    from .batch import folder_rows, generate_rows, manifest_plan, manifest_rows
     from .cot import build_planner
 
-    if args.video is not None or args.cot is not None or args.name is not None:
-        raise PrismAudioError("--manifest generates every clip of the split: drop the video, --cot and --name")
+    folder = args.manifest is None  # `generate DIR`: every video of the folder
+    if (args.video is not None and not folder) or args.cot is not None or args.name is not None:
+        raise PrismAudioError("a batch (--manifest or a folder) generates every clip: drop the video, --cot and --name")
     if args.limit is not None and args.limit <= 0:
         raise PrismAudioError(f"--limit must be a positive integer, got {args.limit}")
+    if folder and args.manifest_cot:
+        raise PrismAudioError("--manifest-cot needs a --manifest (a folder of videos has no CoTs)")
     warn = lambda m: print(f"prismaudio: warning: {m}", file=sys.stderr)  # noqa: E731
-    rows = manifest_rows(args.manifest, None if args.split == "all" else args.split, args.limit, warn)
+    if folder:
+        rows = folder_rows(args.video, args.limit)
+    else:
+        rows = manifest_rows(args.manifest, None if args.split == "all" else args.split, args.limit, warn)
     if args.manifest_cot:
         plan = manifest_plan
     elif args.planner == "none":
@@ -461,7 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     g = sub.add_parser("generate", help="generate stereo sound for a video")
-    g.add_argument("video", nargs="?", default=None, help="input video file (or --manifest)")
+    g.add_argument("video", nargs="?", default=None,
+                   help="input video file, or a folder: every video in it, the model loaded once (or --manifest)")
     g.add_argument("--manifest", default=None,
                    help="instead of one video: every clip of a manifest split -> OUT/<id>.wav (+ <id>.cot.json), "
                         "the input of `prismaudio evaluate`; existing WAVs are skipped (resumable)")
