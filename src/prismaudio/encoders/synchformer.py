@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import PrismAudioError
+from ..io.weights import read_state_dict as read_foreign_state_dict
 from .base import FrozenEncoder, positive_float, positive_int, register_encoder
 
 log = logging.getLogger(__name__)
@@ -269,21 +270,7 @@ class SyncVisualBranch(nn.Module):
 # --------------------------------------------------------------------------------------------------
 def read_state_dict(path: Path) -> dict[str, Tensor]:
     """A plain (or "state_dict"/"model"-wrapped) state dict from torch.load(weights_only=True) or safetensors."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd: Any = load_file(str(path))
-        else:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is a user error
-        raise PrismAudioError(f"cannot read the Synchformer weights {path}: {e}") from None
-    for key in ("state_dict", "model"):
-        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
-            sd = sd[key]
-    if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
-        raise PrismAudioError(f"Synchformer weights {path} do not hold a state dict of tensors")
-    return sd
+    return read_foreign_state_dict(path, "the Synchformer weights")
 
 
 def split_visual(sd: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:

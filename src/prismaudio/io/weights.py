@@ -53,6 +53,27 @@ def read_safetensors(file: PathLike) -> dict[str, Tensor]:
         raise PrismAudioError(f"cannot read checkpoint file {p}: {e}") from None
 
 
+def read_state_dict(file: PathLike, what: str = "weights") -> dict[str, Tensor]:
+    """A flat state dict from a foreign checkpoint file: safetensors, or a torch file read with
+    `torch.load(weights_only=True)` (never a full unpickle), unwrapped from a `{"state_dict": ...}` /
+    `{"model": ...}` container. One `PrismAudioError` for an unreadable or non-state-dict file."""
+    import pickle
+
+    p = Path(file)
+    try:
+        sd: Any = load_file(p) if p.suffix == ".safetensors" else torch.load(str(p), map_location="cpu",
+                                                                           weights_only=True)
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, SafetensorError) as e:
+        reason = " ".join(str(e).split()) or type(e).__name__  # torch's multi-line message on one line
+        raise PrismAudioError(f"cannot read {what} {p}: {reason}") from None
+    for wrap in ("state_dict", "model"):
+        if isinstance(sd, dict) and isinstance(sd.get(wrap), dict):
+            sd = sd[wrap]
+    if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
+        raise PrismAudioError(f"{what} {p} is not a state dict of tensors")
+    return sd
+
+
 def state_mismatch(own: dict[str, Tensor], state: dict[str, Tensor]) -> str:
     """'' when `state` fits `own` exactly (same keys and shapes), else what differs, briefly."""
     missing = sorted(set(own) - set(state))

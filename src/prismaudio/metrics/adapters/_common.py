@@ -12,6 +12,7 @@ from torch import Tensor
 
 from ...errors import PrismAudioError
 from ...io.audio import resample
+from ...io.weights import read_state_dict
 
 
 def _read_errors() -> tuple[type[BaseException], ...]:
@@ -63,20 +64,9 @@ def load_state_dict(path: Path, backend: str, expected: str) -> dict[str, Tensor
             raise PrismAudioError(f"backend {backend!r}: need exactly one weight file in {path}; expected {expected}")
         path = cands[0]
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd: Any = load_file(str(path))
-        else:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except READ_ERRORS as e:  # corrupt / foreign file: one user-facing error
-        raise PrismAudioError(f"backend {backend!r}: cannot read weights {path}: {e}") from None
-    for wrap in ("state_dict", "model"):
-        if isinstance(sd, dict) and isinstance(sd.get(wrap), dict):
-            sd = sd[wrap]
-    if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
-        raise PrismAudioError(f"backend {backend!r}: {path} is not a state dict of tensors; expected {expected}")
-    return sd
+        return read_state_dict(path, "weights")
+    except PrismAudioError as e:  # corrupt / foreign file: one user-facing error
+        raise PrismAudioError(f"backend {backend!r}: {e}; expected {expected}") from None
 
 
 def load_strict(module: torch.nn.Module, sd: dict[str, Tensor], backend: str, where: Any) -> None:
