@@ -133,3 +133,20 @@ def test_grpo_prompts_shard_the_epoch_across_ranks() -> None:
             taken += t._next_prompts()
         assert (t.epoch, t.position) == (1, 0)
     assert sorted(taken) == list(range(8))
+
+
+@pytest.mark.parametrize("load", ["train", "grpo"])
+@pytest.mark.parametrize("override", ["optim.lr=abc", "optim.lr=[1, 2]", "ema_decay=[0.9]", "optim.betas=[0.9, x]",
+                                      "seed=1.5"])
+def test_numeric_fields_reject_other_types_in_one_line(load: str, override: str) -> None:
+    """A number field given a string, a list or a bool is a config error, never a TypeError later."""
+    if load == "grpo" and override.startswith("ema_decay"):
+        override = "ema_max_decay=[0.9]"
+    fn = config_from_dict if load == "train" else grpo_config_from_dict
+    with pytest.raises(PrismAudioError, match=r"config\.\S+: expected"):
+        fn({"data": {"manifest": "m.jsonl"}}, [override])
+
+
+def test_grpo_reward_weights_must_be_numbers() -> None:
+    with pytest.raises(PrismAudioError, match=r"config\.rewards\.semantic: expected a number"):
+        grpo_config_from_dict({"data": {"manifest": "m.jsonl"}, "rewards": {"semantic": "high"}})

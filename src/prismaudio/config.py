@@ -226,8 +226,10 @@ def _check_scalar(value: Any, tp: Any, where: str) -> Any:
         if value is None:
             return None
         raise PrismAudioError(f"config{where}: expected null, got {value!r}")
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise PrismAudioError(f"config{where}: expected a number, got {value!r}")
     if tp in (int, str, bool):
         if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
             return value
@@ -240,6 +242,9 @@ def _check_scalar(value: Any, tp: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise PrismAudioError(f"config{where}: expected a mapping, got {value!r}")
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is not Any:  # e.g. GRPO `rewards: dict[str, float]`
+            return {k: _check_scalar(v, args[1], f"{where}.{k}") for k, v in value.items()}
         return copy.deepcopy(value)
     return value
 
