@@ -206,3 +206,14 @@ def test_module_docstring_lists_every_subcommand() -> None:
     names = set(cli.build_parser()._subparsers._group_actions[0].choices)
     listed = {line.split("`")[1] for line in (cli.__doc__ or "").splitlines() if line.startswith("* `")}
     assert names == listed
+
+
+@pytest.mark.parametrize("name", ["../escaped", "sub/clip", "..", ""])
+def test_generate_name_cannot_leave_out(tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str) -> None:
+    """`--name` is a file name: one with a directory part would write outside --out (issue 20)."""
+    out = tmp_path / "o" / "sub"
+    code = main(["generate", str(EXAMPLE), "--name", name, "--out", str(out),
+                 "--model", "preset:tiny", "--planner", "none", "--steps", "1", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--name must be a plain file name" in err[0]
+    assert not (tmp_path / "o").exists() and not list(tmp_path.rglob("*.wav"))

@@ -210,6 +210,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return generate_manifest(args)
     if args.video is None:
         raise PrismAudioError("give a video file (or --manifest)")
+    if args.name is not None and (not args.name or args.name in (".", "..") or "/" in args.name
+                                  or os.sep in args.name or (os.altsep and os.altsep in args.name)):
+        raise PrismAudioError(f"--name must be a plain file name (no directories), got {args.name!r}")
     video = Path(args.video)
     probe_video(video)  # fail fast on a bad video before loading the model
     pipe = place_pipeline(load_pipeline(args.model), args)
