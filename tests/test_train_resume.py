@@ -3,6 +3,7 @@ uninterrupted run: weights, EMA, optimizer state and the exported model, tensor 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -38,7 +39,8 @@ def _wait(proc: subprocess.Popen, done, what: str) -> None:
 
 def _tensors(run: Path) -> dict[str, dict[str, torch.Tensor]]:
     last = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
-    files = {f"ckpt/{n}": last / n for n in ("model.safetensors", "ema.safetensors", "optimizer.safetensors")}
+    files = {f"ckpt/{n}": last / n for n in ("model.safetensors", "ema.safetensors", "optimizer.safetensors",
+                                             "rng.safetensors")}  # every saved state file, RNGs included
     files.update({f"final/{p.name}": p for p in (run / "final").glob("*.safetensors")})
     return {k: load_file(p) for k, p in files.items()}
 
@@ -66,6 +68,10 @@ def test_sigkill_then_resume_is_bit_identical(corpus: Path, tmp_path: Path) -> N
     assert ref.wait(timeout=600) == 0, ref.stderr.read().decode()[-3000:]
     ref.stderr.close()
     a, b = _tensors(full), _tensors(killed)
+    meta = [json.loads((r / "checkpoints" / (r / "checkpoints" / "latest").read_text().strip() / "state.json").read_text())
+            for r in (full, killed)]
+    for key in ("step", "epoch", "position", "scheduler", "python_rng", "numpy_rng", "optimizer"):
+        assert meta[0][key] == meta[1][key], f"state.json {key} differs after resume"
     assert a.keys() == b.keys() and len(a["ckpt/model.safetensors"]) > 10
     for name in a:
         assert a[name].keys() == b[name].keys(), name

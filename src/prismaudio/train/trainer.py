@@ -66,8 +66,11 @@ class Trainer:
             raise PrismAudioError(f"{n} clips cannot fill one batch of {cfg.batch_size} on each of {h.world} process(es)")
         self.module: nn.Module = self.stage.module
         self.sampler = EpochSampler(n, cfg.seed)
+        # A loader of its own generator: each iterator draws a base seed from it, and from torch's global
+        # RNG without one, which left a resumed run's saved global RNG a few draws off an uninterrupted one.
         loader = DataLoader(self.stage.dataset, batch_size=cfg.batch_size, sampler=self.sampler,
-                            collate_fn=self.stage.collate, drop_last=True)
+                            collate_fn=self.stage.collate, drop_last=True,
+                            generator=torch.Generator().manual_seed(cfg.seed))
         params = [p for p in self.module.parameters() if p.requires_grad]
         optimizer, scheduler = build_optimizer(params, cfg.optim, cfg.max_steps)
         self.step = self.epoch = self.position = 0
