@@ -179,7 +179,7 @@ def test_synth_then_extract_cli(tmp_path: Path, capsys: pytest.CaptureFixture[st
     feats = tmp_path / "feats"
     capsys.readouterr()
     assert main(["extract", "--manifest", str(manifest), "--out", str(feats), "--model", "preset:tiny",
-                 "--quiet"]) == 0
+                 "--quiet"]) == 1  # a clip failed: exit 1, as generate --manifest
     captured = capsys.readouterr()
     assert "extracted 3" in captured.out and "failed 1" in captured.out
     assert "broken" in captured.err

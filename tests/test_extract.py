@@ -203,6 +203,6 @@ def test_cli_extract_prints_summary(clips: Path, tmp_path: Path, capsys) -> None
     code = cli_main(["extract", "--manifest", str(clips / "manifest.jsonl"), "--out", str(tmp_path / "o"),
                      "--model", "preset:tiny", "--batch-size", "4", "--cot-field", "multi", "--quiet"])
     captured = capsys.readouterr()
-    assert code == 0 and len(list((tmp_path / "o").glob("*.safetensors"))) == 3
+    assert code == 1 and len(list((tmp_path / "o").glob("*.safetensors"))) == 3  # 3 clips failed
     assert "extracted 3, skipped 0 existing, failed 3, 1 bad manifest row(s)" in captured.out
     assert "skipped missing" in captured.err and "bad JSON" in captured.err

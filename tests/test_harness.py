@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from prismaudio.cli import main as cli_main
 from prismaudio.errors import PrismAudioError
 from prismaudio.harness import EpochSampler, OptimConfig, build_optimizer, lr_lambda
 from prismaudio.rl import grpo_config_from_dict
@@ -150,3 +151,43 @@ def test_numeric_fields_reject_other_types_in_one_line(load: str, override: str)
 def test_grpo_reward_weights_must_be_numbers() -> None:
     with pytest.raises(PrismAudioError, match=r"config\.rewards\.semantic: expected a number"):
         grpo_config_from_dict({"data": {"manifest": "m.jsonl"}, "rewards": {"semantic": "high"}})
+
+
+def test_resume_falls_back_over_a_damaged_latest_checkpoint(corpus: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A latest checkpoint damaged after it was written (truncated weights) is skipped with a warning:
+    the run resumes from the one before, ends bit-identical to an uninterrupted run, and its
+    metrics.jsonl has each logged step once."""
+    import shutil
+
+    from prismaudio.train.config import load_train_config
+    from prismaudio.train.trainer import train
+
+    cfg = load_train_config(REPO / "configs" / "train" / "tiny_smoke.yaml",
+                            [f"data.manifest={corpus / 'manifest.jsonl'}", f"data.cache_dir={corpus / 'cache'}"])
+    full = tmp_path / "full"
+    train(cfg, full, log=None)
+    hurt = tmp_path / "hurt"
+    shutil.copytree(full, hurt)
+    shutil.rmtree(hurt / "final")
+    (hurt / "train_summary.json").unlink()
+    latest = hurt / "checkpoints" / (hurt / "checkpoints" / "latest").read_text().strip()
+    weights = latest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    capsys.readouterr()
+    train(cfg, hurt, resume=True, log=None)
+    err = capsys.readouterr().err
+    assert f"checkpoint {latest.name} is damaged" in err
+    for f in ("model.safetensors", "vae.safetensors"):
+        a, b = load_file(full / "final" / f), load_file(hurt / "final" / f)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(x)["step"] for x in (hurt / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == cfg.max_steps
+
+
+def test_resume_without_a_checkpoint_says_so_even_when_quiet(corpus: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli_main(["train", str(REPO / "configs" / "train" / "tiny_smoke.yaml"), "--resume", "--quiet",
+                     "--out", str(tmp_path / "run"), "--set", f"data.manifest={corpus / 'manifest.jsonl'}",
+                     "--set", f"data.cache_dir={corpus / 'cache'}", "--set", "max_steps=2"])
+    assert code == 0 and "no complete checkpoint" in capsys.readouterr().err

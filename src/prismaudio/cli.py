@@ -348,7 +348,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     for clip_id, reason in summary.failed:
         print(f"prismaudio: warning: skipped {clip_id}: {reason}", file=sys.stderr)
     print(f"{summary.line()} -> {args.out}")
-    return 0 if summary.done or summary.skipped_existing or not summary.failed else 1
+    return 1 if summary.failed else 0  # as `generate --manifest`: the good clips are written, the run is not clean
 
 
 def cmd_train_judges(args: argparse.Namespace) -> int:

@@ -16,7 +16,9 @@ continues a run bit-identically on CPU.
 
 from __future__ import annotations
 
+import json
 import random
+import sys
 from collections.abc import Callable, Iterator
 from copy import deepcopy
 from pathlib import Path
@@ -29,6 +31,7 @@ from torch.utils.data import Sampler
 
 from ..config import PRESETS
 from ..errors import PrismAudioError
+from ..io.files import atomic_path
 from ..io.weights import fingerprint
 from ..pipeline import PrismAudioPipeline
 from . import checkpoint as ckpt
@@ -123,9 +126,14 @@ class RunHarness:
                                   "pass --resume to continue, or choose another --out")
         self.resume_from = latest if resume else None
         if resume and latest is None:
-            self.log(f"--resume: no complete checkpoint in {self.ckpt_dir}, starting from scratch")
+            self.warn(f"--resume: no complete checkpoint in {self.ckpt_dir}, starting from scratch")
         seed_everything(seed)
         self.generator = torch.Generator().manual_seed(self._generator_seed())
+
+    def warn(self, msg: str) -> None:
+        """A warning: one line on stderr from the main process, shown even when the log is quiet."""
+        if self.main:
+            print(f"prismaudio: warning: {msg}", file=sys.stderr, flush=True)
 
     # -------------------------------------------------------------------- facts
     @property
@@ -147,8 +155,17 @@ class RunHarness:
     # -------------------------------------------------------------------- building
     def check_resume(self, model_config: dict[str, Any], stage: str) -> None:
         """Refuse a foreign checkpoint (other stage / architecture) before any expensive work."""
-        if self.resume_from is not None:
-            ckpt.check_compatible(ckpt.read_meta(self.resume_from), model_config, stage, self.resume_from)
+        if self.resume_from is None:
+            return
+        for p in reversed(ckpt.complete_checkpoints(self.ckpt_dir)):
+            if p.name > self.resume_from.name:
+                continue
+            try:
+                meta = ckpt.read_meta(p)
+            except PrismAudioError:
+                continue  # damaged: `restore` falls back past it and says so
+            ckpt.check_compatible(meta, model_config, stage, p)
+            return
 
     def prepare(self, *objs: Any) -> Any:
         return self.acc.prepare(*objs)
@@ -190,10 +207,9 @@ class RunHarness:
         """Load `resume_from` into the (unprepared) module / optimizer / scheduler / EMA, the global
         RNGs and this rank's generator; None when there is nothing to resume. A checkpoint written
         by another number of processes re-seeds the generators (and says so: not bit-identical)."""
-        path = self.resume_from
-        if path is None:
+        if self.resume_from is None:
             return None
-        st = ckpt.load_state(path)
+        path, st = self._load_intact(self.resume_from)
         try:
             module.load_state_dict(st.model, strict=True)
             optimizer.load_state_dict(st.optimizer)
@@ -206,12 +222,40 @@ class RunHarness:
         if st.world_size == self.world and key in st.rng:
             self.generator.set_state(st.rng[key])
         else:
-            self.log(f"warning: checkpoint was written by {st.world_size} process(es), this run has "
-                     f"{self.world}: training generators are re-seeded (not bit-identical)")
+            self.warn(f"checkpoint was written by {st.world_size} process(es), this run has "
+                      f"{self.world}: training generators are re-seeded (not bit-identical)")
             self.generator.manual_seed(self._generator_seed(st.step))
         if torch.cuda.is_available() and "cuda.0" in st.rng:
             torch.cuda.set_rng_state_all([st.rng[f"cuda.{i}"] for i in range(torch.cuda.device_count()) if f"cuda.{i}" in st.rng])
         return st
+
+    def _load_intact(self, latest: Path) -> tuple[Path, ckpt.TrainingState]:
+        """The newest checkpoint at or before `latest` whose files all read (a disk fault can leave
+        the latest one damaged after it was renamed into place): fall back, and say so."""
+        candidates = [p for p in reversed(ckpt.complete_checkpoints(self.ckpt_dir)) if p.name <= latest.name]
+        errors = []
+        for p in candidates or [latest]:
+            try:
+                st = ckpt.load_state(p)
+            except PrismAudioError as e:
+                errors.append(str(e))
+                self.warn(f"checkpoint {p.name} is damaged ({e}); trying the one before it")
+                continue
+            self.resume_from = p
+            return p, st
+        raise PrismAudioError(f"no intact checkpoint to resume in {self.ckpt_dir}: {errors[-1]}")
+
+    def trim_log(self, name: str, key: str, upto: int) -> None:
+        """Drop the rows of the JSON-lines log `name` written after the checkpoint being resumed
+        (`key` > `upto`), so a resumed run's log has each step once."""
+        path = self.out / name
+        if not self.main or not path.is_file():
+            return
+        lines = path.read_text(encoding="utf-8").splitlines()
+        keep = [ln for ln in lines if ln.strip() and json.loads(ln).get(key, 0) <= upto]
+        if len(keep) != len(lines):
+            with atomic_path(path) as tmp:
+                Path(tmp).write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
 
     # -------------------------------------------------------------------- the end
     def ema_module(self, model: nn.Module, ema: EMA) -> nn.Module:

@@ -78,6 +78,7 @@ class GRPOTrainer:
         if st is not None:
             self.iter, self.epoch, self.position = st.step, st.epoch, st.position
             self.opt_steps = int(st.scheduler.get("last_epoch", 0))  # one scheduler step per optimizer step
+            h.trim_log("metrics.jsonl", "iteration", st.step)
             self.log(f"resumed from {h.resume_from} (iteration {st.step}, epoch {st.epoch}, position {st.position})")
         self.model, self.optimizer, self.scheduler = h.prepare(self.dit, optimizer, scheduler)
         self.ema.to(h.device).track(h.unwrap(self.model))

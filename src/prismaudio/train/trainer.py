@@ -78,6 +78,7 @@ class Trainer:
         st = h.restore(self.module, optimizer, scheduler, self.ema)
         if st is not None:
             self.step, self.epoch, self.position = st.step, st.epoch, st.position
+            h.trim_log("metrics.jsonl", "step", st.step)
             self.log(f"resumed from {h.resume_from} (step {st.step}, epoch {st.epoch}, batch {st.position})")
         self.model, self.optimizer, self.loader, self.scheduler = h.prepare(self.module, optimizer, loader, scheduler)
         self.ema.to(h.device).track(h.unwrap(self.model))
