@@ -247,3 +247,34 @@ def test_cli_encoder_flags_are_validated_and_recorded(official: dict, encoders: 
     assert main(_convert_args(official, tmp_path / "x", "--t5gemma", str(encoders["video"]))) == 2
     assert "--t5gemma" in _one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "x").exists()
+
+
+class _Payload:
+    """A pickle whose loading would run code (creates a marker file): it must never be unpickled."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("kind", ["empty", "garbage", "pickle_payload"])
+def test_unreadable_checkpoints_are_one_short_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   kind: str) -> None:
+    import pickle
+
+    ckpt = tmp_path / "prismaudio.ckpt"
+    marker = tmp_path / "pwned"
+    if kind == "empty":
+        ckpt.write_bytes(b"")
+    elif kind == "garbage":
+        ckpt.write_bytes(b"not a checkpoint at all")
+    else:
+        torch.save({"state_dict": _Payload(str(marker))}, ckpt, pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    out = tmp_path / "out"
+    assert main(["convert-official", "--weights", str(ckpt), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(ckpt) in err[0] and len(err[0]) < 300, err
+    assert ("empty (0 bytes)" in err[0]) if kind == "empty" else ("cannot read checkpoint" in err[0])
+    assert not marker.exists() and not out.exists()  # never unpickled, nothing written

@@ -53,6 +53,18 @@ def read_safetensors(file: PathLike) -> dict[str, Tensor]:
         raise PrismAudioError(f"cannot read checkpoint file {p}: {e}") from None
 
 
+def load_error_reason(e: BaseException) -> str:
+    """Why a weights file did not load, in one short line (torch's weights_only refusal is a
+    paragraph of advice to unpickle untrusted files, which we never do)."""
+    msg = " ".join(str(e).split())
+    if "Weights only load failed" in msg:
+        detail = msg.split("WeightsUnpickler error:", 1)[1].split(" Check the documentation")[0].strip() \
+            if "WeightsUnpickler error:" in msg else ""
+        return "not a pickle-free torch checkpoint (torch.load weights_only refused it" + \
+            (f": {detail})" if detail else ")")
+    return msg or type(e).__name__
+
+
 def read_state_dict(file: PathLike, what: str = "weights") -> dict[str, Tensor]:
     """A flat state dict from a foreign checkpoint file: safetensors, or a torch file read with
     `torch.load(weights_only=True)` (never a full unpickle), unwrapped from a `{"state_dict": ...}` /
@@ -64,8 +76,7 @@ def read_state_dict(file: PathLike, what: str = "weights") -> dict[str, Tensor]:
         sd: Any = load_file(p) if p.suffix == ".safetensors" else torch.load(str(p), map_location="cpu",
                                                                            weights_only=True)
     except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, SafetensorError) as e:
-        reason = " ".join(str(e).split()) or type(e).__name__  # torch's multi-line message on one line
-        raise PrismAudioError(f"cannot read {what} {p}: {reason}") from None
+        raise PrismAudioError(f"cannot read {what} {p}: {load_error_reason(e)}") from None
     for wrap in ("state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(wrap), dict):
             sd = sd[wrap]

@@ -42,6 +42,7 @@ from ..config import (
     preset,
 )
 from ..errors import PrismAudioError
+from ..io.weights import load_error_reason
 from .layers import rope_inv_freq
 
 # (official key, our key). Slots: {i} block index, {w} weight|bias, {attn} self_attn|cross_attn,
@@ -232,6 +233,8 @@ def load_official_state_dict(path: str | Path) -> dict[str, Tensor]:
                               "(prismaudio.ckpt / vae.ckpt / .safetensors)")
     if not path.is_file():
         raise PrismAudioError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise PrismAudioError(f"checkpoint {path} is empty (0 bytes)")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -240,7 +243,7 @@ def load_official_state_dict(path: str | Path) -> dict[str, Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure to read is a bad-input error
-        raise PrismAudioError(f"cannot read checkpoint {path}: {e}") from None
+        raise PrismAudioError(f"cannot read checkpoint {path}: {load_error_reason(e)}") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
