@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import math
 from pathlib import Path
 
@@ -260,12 +261,14 @@ def test_save_wav_is_atomic(tmp_path, monkeypatch):
     target = tmp_path / "out.wav"
     target.write_bytes(b"old")
 
-    def broken_write(file, data, *args, **kwargs):
-        Path(file).write_bytes(b"RIFF-half-written")
-        raise RuntimeError("disk full")
+    real_write_bytes = Path.write_bytes
 
-    monkeypatch.setattr(sf, "write", broken_write)
-    with pytest.raises(RuntimeError):
+    def broken_write(self, data):  # the disk fills half-way through the file
+        real_write_bytes(self, b"RIFF-half-written")
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", broken_write)
+    with pytest.raises(PrismAudioError, match="No space left on device"):
         save_wav(target, torch.zeros(2, 100), 16000)
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.wav"]

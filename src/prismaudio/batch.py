@@ -2,9 +2,12 @@
 once: the input `prismaudio evaluate` expects.
 
 One `<id>.wav` per clip (written atomically, so an interrupted run never leaves a truncated file)
-plus `<id>.cot.json`, the plan it was conditioned on. Clips whose WAV already exists are skipped,
-so a killed run continues where it stopped. A clip that fails (broken video, planner error) is
-reported and skipped; the others still run.
+plus `<id>.cot.json`, the plan it was conditioned on; the plan is published just before the WAV
+and removed again if the WAV cannot be written, so no plan is left without its audio. Clips whose
+WAV already exists and reads as audio are skipped (a 0-byte or unreadable one is redone), so a
+killed run continues where it stopped; the temp files a killed run left are swept first. A clip
+that fails (broken video, planner error, a WAV that cannot be written) is reported and skipped;
+the others still run.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from .cot import CoT
 from .data.manifest import ManifestRow, read_manifest
 from .errors import PrismAudioError
 from .io.audio import save_wav
-from .io.files import atomic_path
+from .io.files import atomic_path, sweep_stale
 from .pipeline import PrismAudioPipeline
 
 COT_SOURCES = ("planner", "manifest", "none")
@@ -71,6 +74,32 @@ def manifest_plan(row: ManifestRow) -> CoT:
     return CoT.from_corpus(row.cot)
 
 
+def wav_is_done(path: Path) -> bool:
+    """A finished clip: the WAV exists and its header reads with at least one frame."""
+    import soundfile as sf
+
+    try:
+        return path.is_file() and sf.info(str(path)).frames > 0
+    except (RuntimeError, OSError):  # soundfile's LibsndfileError is a RuntimeError
+        return False
+
+
+def _write_clip(out: Path, clip_id: str, cot: CoT | None, audio, sample_rate: int) -> None:
+    """`<id>.cot.json` then `<id>.wav` (the done marker), each atomic; the plan goes if the WAV fails."""
+    plan = out / f"{clip_id}.cot.json"
+    wav = out / f"{clip_id}.wav"
+    if cot is None:
+        save_wav(wav, audio, sample_rate)
+        return
+    with atomic_path(plan) as tmp:
+        Path(tmp).write_text(cot.to_json() + "\n", encoding="utf-8")
+    try:
+        save_wav(wav, audio, sample_rate)  # atomic: temp file, then rename
+    except BaseException:
+        plan.unlink(missing_ok=True)
+        raise
+
+
 def generate_rows(pipe: PrismAudioPipeline, rows: list[ManifestRow], out: str | os.PathLike, plan: Plan,
                   cot_style: str = "multi", steps: int = 24, cfg_scale: float | None = None, seed: int = 0,
                   progress: bool = True) -> BatchSummary:
@@ -79,10 +108,10 @@ def generate_rows(pipe: PrismAudioPipeline, rows: list[ManifestRow], out: str | 
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    sweep_stale(out)
     summary = BatchSummary()
     for row in tqdm(rows, desc="generating", unit="clip", disable=not progress):
-        wav = out / f"{row.id}.wav"
-        if wav.exists():
+        if wav_is_done(out / f"{row.id}.wav"):
             summary.skipped_existing.append(row.id)
             continue
         try:
@@ -90,10 +119,11 @@ def generate_rows(pipe: PrismAudioPipeline, rows: list[ManifestRow], out: str | 
             text = cot.render(cot_style) if cot is not None else ""
             result = pipe.generate(row.video, cot=text, duration=row.duration, seed=seed, steps=steps,
                                    cfg_scale=cfg_scale)
-            if cot is not None:
-                with atomic_path(out / f"{row.id}.cot.json") as tmp:
-                    Path(tmp).write_text(cot.to_json() + "\n", encoding="utf-8")
-            save_wav(wav, result.audio, result.sample_rate)  # atomic: temp file, then rename
+        except PrismAudioError as e:
+            summary.failed[row.id] = str(e)
+            continue
+        try:
+            _write_clip(out, row.id, cot, result.audio, result.sample_rate)
         except PrismAudioError as e:
             summary.failed[row.id] = str(e)
             continue

@@ -10,17 +10,18 @@
 * `evaluate`          the paper's metrics (and the procedural ground truth) for generated audio
 * `convert-official`  an official PrismAudio checkpoint as our model directory
 
-Every user error is one line on stderr and exit code 2; outputs are staged in a temporary
-directory and moved into `--out` only when everything succeeded, so a failure writes nothing.
+Every user error is one line on stderr and exit code 2, and so is an OS error while writing (a
+full disk, a read-only folder): output locations are checked before any work, and `generate`
+stages its files in a hidden folder on --out's own filesystem, renamed into place only when every
+file is written, so a failure writes nothing. Warnings go to stderr, also with --quiet.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -74,15 +75,18 @@ def read_text_arg(value: str | None) -> str | None:
         raise PrismAudioError(f"{path} is not valid UTF-8 text") from None
 
 
-def publish(staging: Path, out: Path) -> list[Path]:
-    """Move every staged file into `out` (created only now)."""
-    out.mkdir(parents=True, exist_ok=True)
-    moved = []
-    for f in sorted(staging.iterdir()):
-        dest = out / f.name
-        shutil.move(str(f), dest)
-        moved.append(dest)
-    return moved
+SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed's signed 64-bit range
+
+
+def seed_arg(value: str) -> int:
+    """argparse type of --seed: an integer torch, NumPy and Python can all take."""
+    try:
+        seed = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {value!r}") from None
+    if not 0 <= seed <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2**63 - 1, got {value}")
+    return seed
 
 
 # ------------------------------------------------------------------------------------- CoT
@@ -128,6 +132,10 @@ def cmd_cot(args: argparse.Namespace) -> int:
     from .io.video import probe_video
 
     video = Path(args.video)
+    if args.out:
+        from .io.files import check_output_file
+
+        check_output_file(args.out)  # before planning (a VLM call can take minutes)
     probe_video(video)
     cot = resolve_cot(args, video)
     if cot is None:
@@ -196,11 +204,10 @@ def place_pipeline(pipe: Any, args: argparse.Namespace) -> Any:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from .io.audio import save_wav
+    from .io.files import Staging
     from .io.spectrogram import save_spectrogram_png
-    from .io.video import mux_audio, probe_video
+    from .io.video import mux_audio, probe_video, video_track_plan
 
     if args.steps <= 0:
         raise PrismAudioError(f"--steps must be a positive integer, got {args.steps}")
@@ -215,6 +222,34 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise PrismAudioError(f"--name must be a plain file name (no directories), got {args.name!r}")
     video = Path(args.video)
     probe_video(video)  # fail fast on a bad video before loading the model
+    name = args.name or video.stem
+    encoder = video_track_plan(video, Path(args.out) / f"{name}.mp4")  # decided before the compute
+    if encoder is not None:
+        print(f"prismaudio: note: the {video.suffix or 'input'} video track cannot go into an MP4 as it is; "
+              f"{name}.mp4 re-encodes it ({encoder})", file=sys.stderr)
+    with Staging(args.out) as staging:  # checks --out is writable before any work
+        plan, result = _sample(args, video)
+        try:
+            save_wav(staging.path(f"{name}.wav"), result.audio, result.sample_rate)
+            mux_audio(video, result.audio, result.sample_rate, staging.path(f"{name}.mp4"))
+            save_spectrogram_png(staging.path(f"{name}.png"), result.audio, result.sample_rate, title=name)
+            if plan is not None:  # the plan the audio was conditioned on, readable and editable (--cot @FILE)
+                staging.path(f"{name}.cot.txt").write_text(plan.render("multi") + "\n", encoding="utf-8")
+                staging.path(f"{name}.cot.json").write_text(plan.to_json() + "\n", encoding="utf-8")
+            written = staging.publish()
+        except OSError as e:  # nothing of it is in --out: the staging folder goes with the exception
+            raise PrismAudioError(f"cannot write the outputs into {args.out}: {e.strerror or e}; "
+                                  "nothing was written") from None
+    if not args.quiet:
+        for p in written:
+            print(p)
+    return 0
+
+
+def _sample(args: argparse.Namespace, video: Path) -> tuple[Any, Any]:
+    """Load the model, plan the CoT and sample: (plan or None, GenerationResult)."""
+    from tqdm import tqdm
+
     pipe = place_pipeline(load_pipeline(args.model), args)
     if args.duration_rule is not None:
         pipe.config.sampling.duration_rule = args.duration_rule
@@ -232,20 +267,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )
     for bar in bars:
         bar.close()
-    name = args.name or video.stem
-    with tempfile.TemporaryDirectory(prefix="prismaudio-") as tmp:
-        staging = Path(tmp)
-        save_wav(staging / f"{name}.wav", result.audio, result.sample_rate)
-        mux_audio(video, result.audio, result.sample_rate, staging / f"{name}.mp4")
-        save_spectrogram_png(staging / f"{name}.png", result.audio, result.sample_rate, title=name)
-        if plan is not None:  # the plan the audio was conditioned on, readable and editable (--cot @FILE)
-            (staging / f"{name}.cot.txt").write_text(plan.render("multi") + "\n", encoding="utf-8")
-            (staging / f"{name}.cot.json").write_text(plan.to_json() + "\n", encoding="utf-8")
-        written = publish(staging, Path(args.out))
-    if not args.quiet:
-        for p in written:
-            print(p)
-    return 0
+    return plan, result
 
 
 def generate_manifest(args: argparse.Namespace) -> int:
@@ -272,6 +294,9 @@ def generate_manifest(args: argparse.Namespace) -> int:
     else:
         planner = build_planner(args.planner, **planner_options(args.planner_opt))
         plan = lambda row: planner.plan(row.video, caption=args.caption)  # noqa: E731
+    from .io.files import check_output_dir
+
+    check_output_dir(args.out)
     pipe = place_pipeline(load_pipeline(args.model), args)
     summary = generate_rows(pipe, rows, args.out, plan, cot_style=args.cot_style, steps=args.steps,
                             cfg_scale=args.cfg, seed=args.seed, progress=not args.quiet)
@@ -287,8 +312,13 @@ def generate_manifest(args: argparse.Namespace) -> int:
 def cmd_convert_official(args: argparse.Namespace) -> int:
     """Official weights (+ the three encoders) -> one model directory, written atomically by the
     library; every fact worth knowing (dropped unused weights, encoders still missing) is a note."""
+    from .io.files import check_output_dir
     from .model.official import convert_official_checkpoint
 
+    if Path(args.weights).is_dir():
+        raise PrismAudioError(f"--weights {args.weights} is a directory; give the checkpoint file in it "
+                              "(prismaudio.ckpt or .safetensors)")
+    check_output_dir(args.out)
     encoders = {"video": args.videoprism, "sync": args.synchformer, "text": args.t5gemma}
     convert_official_checkpoint(
         args.weights, args.out, config=args.config, vae_weights=args.vae,
@@ -301,8 +331,10 @@ def cmd_convert_official(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------- synth / extract
 def cmd_synth(args: argparse.Namespace) -> int:
+    from .io.files import check_output_dir
     from .procedural.synth import run_synth
 
+    check_output_dir(args.out)
     manifest = run_synth(
         args.out, n=args.n, seed=args.seed, split=args.split, workers=args.workers, duration=args.duration,
         fps=args.fps, size=args.size, sample_rate=args.sample_rate, progress=not args.quiet,
@@ -336,8 +368,11 @@ def parse_encoder_overrides(items: list[str]):
 def cmd_extract(args: argparse.Namespace) -> int:
     from .data.extract import extract_features
 
+    from .io.files import check_output_dir
+
     if args.batch_size <= 0:
         raise PrismAudioError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    check_output_dir(args.out)
     pipe = load_pipeline(args.model)
     for modality, spec in parse_encoder_overrides(args.encoders).items():  # e.g. a real T5-Gemma
         pipe.set_encoder(modality, spec)
@@ -359,6 +394,9 @@ def cmd_train_judges(args: argparse.Namespace) -> int:
     for name in ("semantic_steps", "sync_steps", "quality_steps"):
         if getattr(args, name) <= 0:
             raise PrismAudioError(f"--{name.replace('_', '-')} must be a positive integer")
+    from .io.files import check_output_dir
+
+    check_output_dir(args.out)
     metrics = train_judges(args.corpus, args.out, semantic_steps=args.semantic_steps, sync_steps=args.sync_steps,
                            quality_steps=args.quality_steps, seed=args.seed, limit=args.limit,
                            log=None if args.quiet else print)
@@ -434,7 +472,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import load_train_config, train
 
+    from .io.files import check_output_dir
+
     cfg = load_train_config(args.config, args.set)
+    check_output_dir(args.out or cfg.out_dir)
     train(cfg, args.out or cfg.out_dir, resume=args.resume, log=None if args.quiet else lambda m: print(m, flush=True))
     return 0
 
@@ -443,7 +484,10 @@ def cmd_grpo(args: argparse.Namespace) -> int:
     from .rl import load_grpo_config
     from .rl.trainer import grpo
 
+    from .io.files import check_output_dir
+
     cfg = load_grpo_config(args.config, args.set)
+    check_output_dir(args.out or cfg.out_dir)
     grpo(cfg, args.out or cfg.out_dir, resume=args.resume, log=None if args.quiet else lambda m: print(m, flush=True))
     return 0
 
@@ -489,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--name", default=None, help="output base name (default: the video's stem)")
     g.add_argument("--steps", type=int, default=24, help="sampling steps (default 24)")
     g.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: model's)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=seed_arg, default=0)
     g.add_argument("--duration", type=float, default=None, help="seconds (default: the video's, max 60)")
     g.add_argument("--duration-rule", choices=["exact", "whole_seconds"], default=None,
                    help="the video's length as is, or truncated to whole seconds as the official demo.sh "
@@ -514,7 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("synth", help="generate the procedural audio-visual corpus (AudioCanvas-style)")
     s.add_argument("--out", required=True, help="output directory (manifest.jsonl, video/, audio/)")
     s.add_argument("--n", type=int, required=True, help="number of clips")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=seed_arg, default=0)
     s.add_argument("--split", choices=["train", "val", "test"], default=None, help="only clips of this split")
     s.add_argument("--workers", type=int, default=2)
     s.add_argument("--duration", type=float, default=4.0, help="seconds per clip (default 4)")
@@ -534,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--cot-field", choices=["multi", "monolithic", "caption", "none"], default="multi",
                    help="text given to the text encoder (default: the four-part CoT)")
     e.add_argument("--duration", type=float, default=None, help="clip length (default: the model's)")
-    e.add_argument("--seed", type=int, default=0, help="seed of the sampled VAE latents")
+    e.add_argument("--seed", type=seed_arg, default=0, help="seed of the sampled VAE latents")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_extract)
 
@@ -545,7 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--sync-steps", type=int, default=1500)
     j.add_argument("--quality-steps", type=int, default=1500)
     j.add_argument("--limit", type=int, default=None, help="use at most this many clips per split")
-    j.add_argument("--seed", type=int, default=0)
+    j.add_argument("--seed", type=seed_arg, default=0)
     j.add_argument("--quiet", action="store_true")
     j.set_defaults(func=cmd_train_judges)
 
@@ -613,13 +657,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Library warnings (a truncated CoT, a resampled file) reach CLI users as one plain line each.
     warnings.formatwarning = lambda message, category, *a, **k: f"prismaudio: warning: {message}\n"
     try:
-        return func(args)
+        code = func(args)
+        sys.stdout.flush()  # a closed pipe surfaces here, not at interpreter exit
+        return code
     except PrismAudioError as e:
         print(f"prismaudio: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return _broken_pipe()
+    except OSError as e:  # the disk filled, a folder turned read-only...: the environment, not a bug
+        if e.errno == errno.EPIPE:
+            return _broken_pipe()
+        from .io.files import os_error_line
+
+        print(f"prismaudio: error: {os_error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("prismaudio: interrupted", file=sys.stderr)
         return 130
+
+
+def _broken_pipe() -> int:
+    """The reader went away (`prismaudio cot V | head -1`): stop quietly, as Unix tools do."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's exit-time flush must not fail again
+    except (OSError, ValueError):
+        pass
+    return 128 + 13  # the shell's status for a SIGPIPE-ended process
 
 
 if __name__ == "__main__":

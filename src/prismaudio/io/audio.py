@@ -7,6 +7,7 @@ and judges look at. `save_wav` is atomic: a crash never leaves a half-written fi
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from fractions import Fraction
@@ -210,8 +211,10 @@ def save_wav(path: PathLike, audio: Tensor, sample_rate: int, subtype: str = "PC
     if subtype.startswith("PCM"):
         data = data.clamp(-1.0, 1.0)
     out = Path(path)
+    buf = io.BytesIO()  # encoded in memory, written with Python I/O: a full disk is a real OSError
+    sf.write(buf, data.T.numpy(), int(sample_rate), subtype=subtype, format="WAV")
     try:
         with atomic_path(out) as tmp:
-            sf.write(tmp, data.T.numpy(), int(sample_rate), subtype=subtype, format="WAV")
-    except (OSError, sf.LibsndfileError) as e:
-        raise PrismAudioError(f"cannot write {out}: {e}") from None
+            Path(tmp).write_bytes(buf.getbuffer())
+    except OSError as e:
+        raise PrismAudioError(f"cannot write {out}: {e.strerror or e}") from None

@@ -296,30 +296,40 @@ def read_frames_multi(
         cache: tuple[av.VideoFrame | None, dict[int | None, Tensor]] = (None, {})
         fmt = VideoReformatter()
         index = 0
+        t_pending = Fraction(0)
+        warned = False
         try:
             for frame in c.decode(stream):
                 t_rel = _frame_time(frame, index, stream_fps) - offset
                 index += 1
                 if pending is None:  # the first frame stands in for every earlier output
-                    pending = frame
+                    pending, t_pending = frame, t_rel
                     continue
                 if any(s.wants(t_rel) for s in samplers):
                     if cache[0] is not pending:
                         cache = (pending, _convert(pending, sizes, fmt))
                     for s in samplers:
                         s.take_until(t_rel, cache[1][s.spec.size])
-                pending = frame
+                pending, t_pending = frame, t_rel
                 if all(s.done for s in samplers):
                     break
         except (av.FFmpegError, OSError) as e:
             if index == 0:
                 raise PrismAudioError(f"cannot decode video stream: {path} ({e})") from None
             warnings.warn(f"video decoding stopped early ({e}); repeating the last good frame: {path}", stacklevel=2)
+            warned = True
         if pending is None:
             if index:
                 raise PrismAudioError(f"no video frames at or after {start:.3f} s: {path}")
             raise PrismAudioError(f"video has no decodable frames (zero-length video): {path}")
         if not all(s.done for s in samplers):
+            # Threaded decoding swallows a truncated file's errors: the stream just ends early. Its
+            # last frame standing in for the rest is only silent when the file says it ends there.
+            end = float(t_pending + offset - origin) + 1.0 / stream_fps  # where the decoded frames stop
+            stated = _metadata_duration(c, stream)
+            if not warned and stated is not None and end + 1.5 / stream_fps < min(stated, start + duration):
+                warnings.warn(f"the video's frames end at {end:.2f} s but the file says {stated:.2f} s (truncated "
+                              f"or damaged?); repeating its last frame for the rest: {path}", stacklevel=2)
             if cache[0] is not pending:
                 cache = (pending, _convert(pending, sizes, fmt))
             for s in samplers:
@@ -351,11 +361,34 @@ def _encode_aac(container: av.container.OutputContainer, audio: Tensor, sample_r
     return packets
 
 
-def mux_audio(video_path: PathLike, audio: Tensor, sample_rate: int, out_path: PathLike) -> None:
-    """Write `out_path` = the input's video stream (packets copied, never re-encoded) + `audio` as AAC.
+# Video codecs an MP4 / MOV carries as they are; anything else (VP8, GIF, raw, ...) is re-encoded.
+_MP4_VIDEO_CODECS = frozenset({"h264", "hevc", "mpeg4", "av1", "vp9", "mpeg1video", "mpeg2video"})
+_REENCODERS = ("libx264", "mpeg4")  # preferred first; both are in PyAV's bundled FFmpeg
 
-    Existing audio tracks are dropped. The audio starts with the video stream; a rate AAC cannot
-    store is resampled to the next AAC rate up. The file is
+
+def video_track_plan(video_path: PathLike, out_path: PathLike) -> str | None:
+    """How `mux_audio` will write the video track of `video_path` into `out_path`: None = packets
+    copied, else the name of the encoder that re-encodes it (the codec cannot go into that
+    container). Cheap (no decoding), so callers decide it before any compute."""
+    fmt = _muxer_for(Path(out_path))
+    with _open(video_path) as src:
+        name = _video_stream(src, video_path).codec_context.name
+    if fmt == "matroska" or name in _MP4_VIDEO_CODECS:
+        return None
+    for enc in _REENCODERS:
+        if enc in av.codecs_available:
+            return enc
+    raise PrismAudioError(f"the {name} video of {video_path} cannot go into {Path(out_path).suffix} and this "
+                          "FFmpeg has no H.264 / MPEG-4 encoder to re-encode it; use an .mkv output")
+
+
+def mux_audio(video_path: PathLike, audio: Tensor, sample_rate: int, out_path: PathLike) -> None:
+    """Write `out_path` = the input's video stream + `audio` as AAC.
+
+    The video packets are copied when the container can hold their codec, else (WebM/VP8, GIF,
+    raw AVI into an MP4) the track is re-encoded (`video_track_plan`: H.264, yuv420p, the frame
+    timestamps kept, even dimensions). Existing audio tracks are dropped. The audio starts with
+    the video stream; a rate AAC cannot store is resampled to the next AAC rate up. The file is
     written to a temporary name beside `out_path` and renamed, so readers never see a half file.
     """
     if not isinstance(audio, Tensor) or audio.ndim != 2 or audio.shape[0] not in (1, 2) or audio.shape[1] == 0:
@@ -372,20 +405,28 @@ def mux_audio(video_path: PathLike, audio: Tensor, sample_rate: int, out_path: P
         target = min((r for r in _AAC_RATES if r >= sample_rate), default=max(_AAC_RATES))
         audio, sample_rate = resample(audio.float(), sample_rate, target), target
     fmt = _muxer_for(Path(out_path))
+    encoder = video_track_plan(video_path, out_path)
     out = Path(out_path)
     with atomic_path(out) as tmp, _open(video_path) as src:
         vin = _video_stream(src, video_path)
         try:
             with av.open(tmp, mode="w", format=fmt) as dst:
-                vout = dst.add_stream_from_template(vin)
+                if encoder is None:
+                    vout = dst.add_stream_from_template(vin)
+                    vpkts = _copied_packets(src, vin, vout)
+                else:
+                    vout, vpkts = _reencoded_packets(src, vin, dst, encoder)
                 apkts = _encode_aac(dst, audio, sample_rate, _stream_start(vin))
-                _interleave(src, vin, vout, dst, apkts)
+                _interleave(vpkts, apkts, dst)
         except av.FFmpegError as e:
+            if isinstance(e, OSError) and e.errno is not None and e.errno in _WRITE_ERRNOS:
+                raise OSError(e.errno, os.strerror(e.errno), str(out)) from None
             raise PrismAudioError(
                 f"cannot write {out} ({vin.codec_context.name} video + AAC {sample_rate} Hz audio): {e}"
             ) from None
 
 
+_WRITE_ERRNOS = {28, 27, 30, 122, 5, 13}  # ENOSPC, EFBIG, EROFS, EDQUOT, EIO, EACCES: the disk, not the input
 _MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
 
 
@@ -397,17 +438,57 @@ def _muxer_for(out: Path) -> str:
     return fmt
 
 
-def _interleave(src, vin, vout, dst, apkts: list) -> None:
-    """Mux copied video packets and audio packets in time order (good interleaving for players)."""
-    ai = 0
+def _copied_packets(src, vin, vout):
     for pkt in src.demux(vin):
         if pkt.dts is None and pkt.pts is None:  # the demuxer's end-of-stream flush packet
             continue
+        pkt.stream = vout
+        yield pkt
+
+
+def _reencoded_packets(src, vin, dst, encoder: str):
+    """Decode the input track and encode it with `encoder` (yuv420p, even size, the input's frame
+    times on a 1/1000-or-finer clock, single-threaded so the bytes are deterministic)."""
+    fps = Fraction(_stream_fps(vin)).limit_denominator(1001)
+    width = max(2, vin.codec_context.width - vin.codec_context.width % 2)
+    height = max(2, vin.codec_context.height - vin.codec_context.height % 2)
+    vout = dst.add_stream(encoder, rate=fps)
+    vout.width, vout.height, vout.pix_fmt = width, height, "yuv420p"
+    tb = vin.time_base if vin.time_base is not None else Fraction(1, 1000)
+    vout.codec_context.time_base = Fraction(tb.numerator, tb.denominator)
+    vout.codec_context.thread_count = 1
+    if encoder == "libx264":
+        vout.options = {"preset": "veryfast", "crf": "18", "threads": "1"}
+    else:
+        vout.codec_context.bit_rate = 4_000_000
+    stream_fps = _stream_fps(vin)
+    origin = vin.start_time or 0
+
+    def packets():
+        last = None
+        for i, frame in enumerate(src.decode(vin)):
+            if frame.pts is not None:
+                pts = int(frame.pts) - origin
+            else:
+                pts = round(i / stream_fps / float(vout.codec_context.time_base))
+            pts = pts if last is None else max(pts, last + 1)
+            last = pts
+            img = frame.reformat(width=width, height=height, format="yuv420p")
+            img.pts, img.time_base = pts, vout.codec_context.time_base
+            yield from vout.encode(img)
+        yield from vout.encode(None)
+
+    return vout, packets()
+
+
+def _interleave(vpkts, apkts: list, dst) -> None:
+    """Mux video packets and audio packets in time order (good interleaving for players)."""
+    ai = 0
+    for pkt in vpkts:
         t = float(pkt.dts * pkt.time_base) if pkt.dts is not None else float(pkt.pts * pkt.time_base)
         while ai < len(apkts) and apkts[ai].pts is not None and float(apkts[ai].pts * apkts[ai].time_base) <= t:
             dst.mux(apkts[ai])
             ai += 1
-        pkt.stream = vout
         dst.mux(pkt)
     for p in apkts[ai:]:
         dst.mux(p)

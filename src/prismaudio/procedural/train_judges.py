@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import PrismAudioError
-from ..io.files import atomic_path
+from ..io.files import Staging, check_output_dir
 from ..metrics.judges import (
     N_LAGS,
     QualityJudge,
@@ -86,17 +86,16 @@ class JudgeData:
             path = path / "manifest.jsonl"
         if not path.is_file():
             raise PrismAudioError(f"no manifest at {path}")
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        rows = [r for r in rows if r["split"] == split][:limit]
+        rows = usable_rows(path, split)[:limit]  # the shared reader: a bad line is a warning, not a crash
         if not rows:
-            raise PrismAudioError(f"{path}: no '{split}' clips")
+            raise PrismAudioError(f"{path}: no usable '{split}' clips (with audio and a scene graph)")
         stereo, frames = [], []
         for r in rows:
-            dur = float(r.get("duration", 4.0))
-            audio, _ = load_audio(path.parent / r["audio"], 16000, channels=2)
+            dur = float(r.get("duration") or 4.0)
+            audio, _ = load_audio(r["audio"], 16000, channels=2)
             n = round(dur * 16000)
             stereo.append(F.pad(audio, (0, max(0, n - audio.shape[-1])))[:, :n])
-            frames.append(_to_u8(read_frames(path.parent / r["video"], 25, size, duration=dur)[None]))
+            frames.append(_to_u8(read_frames(r["video"], 25, size, duration=dur)[None]))
         stereo_t = torch.stack(stereo)
         return cls(rows, stereo_t.mean(1), torch.cat(frames), stereo_t)
 
@@ -113,6 +112,33 @@ class JudgeData:
             for c in self.classes(int(i)):
                 out[j, _IDX[c]] = 1.0
         return out
+
+
+def usable_rows(path: Path, split: str) -> list[dict]:
+    """The `split` rows of a corpus manifest as dicts with absolute paths, read by the shared
+    `data.manifest` reader; bad lines and rows without audio or scene graph are warned about
+    (stderr) and skipped, as in every other command."""
+    import warnings
+
+    from ..data.manifest import read_manifest
+
+    rows, problems = read_manifest(path)
+    for p in problems:
+        warnings.warn(f"skipping bad manifest row: {p}", stacklevel=2)
+    out = []
+    for row in rows:
+        if row.split != split:
+            continue
+        sources = (row.scene or {}).get("sources")
+        if row.audio is None or not isinstance(sources, list) or not all(isinstance(x, dict) and "class" in x
+                                                                        for x in sources) or not (row.cot or {}).get("semantic"):
+            warnings.warn(f"skipping clip {row.id!r} of {path}: no audio, scene graph or CoT (not a synth corpus row)",
+                          stacklevel=2)
+            continue
+        d = row.to_dict()
+        d["video"], d["audio"] = row.video, row.audio
+        out.append(d)
+    return out
 
 
 def _to_u8(x: Tensor) -> Tensor:
@@ -290,6 +316,7 @@ def train_judges(corpus, out_dir, semantic_steps: int = 1200, sync_steps: int = 
                  seed: int = 0, limit: int | None = None, log: Callable | None = print) -> dict:
     """Train the three judges on the corpus's train split, evaluate on its test split, save
     `out_dir/{semantic,sync,quality}/` and `out_dir/metrics.json`; returns the metrics."""
+    check_output_dir(out_dir)  # before the decoding and the training, not after
     torch.manual_seed(seed)
     t0 = time.time()
     train = JudgeData.from_manifest(corpus, "train", limit=limit)
@@ -306,11 +333,11 @@ def train_judges(corpus, out_dir, semantic_steps: int = 1200, sync_steps: int = 
     metrics = evaluate(sem, sync, qual, test)
     metrics.update({"n_train": len(train.rows), "steps": {"semantic": semantic_steps, "sync": sync_steps,
                     "quality": quality_steps}, "train_seconds": times, "seed": seed})
-    out = Path(out_dir)
-    for name, model in (("semantic", sem), ("sync", sync), ("quality", qual)):
-        model.save(out / name)
-    with atomic_path(out / "metrics.json") as tmp:
-        Path(tmp).write_text(json.dumps(metrics, indent=2) + "\n")
+    with Staging(out_dir) as staging:  # the three judges and metrics.json appear together or not at all
+        for name, model in (("semantic", sem), ("sync", sync), ("quality", qual)):
+            model.save(staging.path(name))
+        staging.path("metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        staging.publish()
     if log:
         log(json.dumps(metrics, indent=2))
     return metrics

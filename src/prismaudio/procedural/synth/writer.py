@@ -1,10 +1,15 @@
 """Writing the corpus: per clip an MP4 (H.264 + AAC stereo) and a 16-bit WAV, atomically, then
 `manifest.jsonl` (rows sorted by id) once every clip is done. Clips are independent (one RNG
 family per (seed, index)), so any number of worker processes gives byte-identical output.
+
+All or nothing per clip: a clip whose WAV cannot be written loses its MP4 too, and a run that
+fails (a full disk) removes the temp files and half clips of its workers and writes no manifest,
+so every file left is a complete clip and a manifest, when there is one, lists only whole clips.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import multiprocessing as mp
 import sys
@@ -16,7 +21,7 @@ import numpy as np
 import soundfile as sf
 
 from ...errors import PrismAudioError
-from ...io.files import atomic_path
+from ...io.files import atomic_path, sweep_stale
 from .cot import write_cot
 from .render import render_frames
 from .scene import SPLITS, assign_split, clip_id, clip_rngs, sample_scene
@@ -52,8 +57,10 @@ def encode_mp4(path: Path, frames: np.ndarray, audio: np.ndarray, fps: float, sa
 
 
 def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
+    buf = io.BytesIO()  # encoded in memory, written with Python I/O: a full disk is a real OSError
+    sf.write(buf, audio.T, sample_rate, subtype="PCM_16", format="WAV")
     with atomic_path(path) as tmp:
-        sf.write(tmp, audio.T, sample_rate, subtype="PCM_16", format="WAV")
+        Path(tmp).write_bytes(buf.getbuffer())
 
 
 def quantize16(audio: np.ndarray) -> np.ndarray:
@@ -81,8 +88,16 @@ def _work(args) -> dict:
     row, frames, audio, _ = make_clip(seed, index, cfg)
     out = Path(out)
     video, wav = f"video/{row['id']}.mp4", f"audio/{row['id']}.wav"
-    encode_mp4(out / video, frames, audio, cfg["fps"], cfg["sample_rate"])
-    write_wav(out / wav, audio, cfg["sample_rate"])
+    try:
+        encode_mp4(out / video, frames, audio, cfg["fps"], cfg["sample_rate"])
+        try:
+            write_wav(out / wav, audio, cfg["sample_rate"])
+        except BaseException:
+            (out / video).unlink(missing_ok=True)
+            raise
+    except (OSError, RuntimeError, av.FFmpegError) as e:  # a plain, picklable error for the pool
+        why = getattr(e, "strerror", None) or str(e)
+        raise PrismAudioError(f"cannot write clip {row['id']} into {out}: {why}") from None
     return {"id": row["id"], "video": video, "audio": wav, **{k: v for k, v in row.items() if k != "id"}}
 
 
@@ -112,7 +127,8 @@ def run_synth(out_dir, n: int, seed: int, split: str | None = None, workers: int
         (out / sub).mkdir(parents=True, exist_ok=True)
     cfg = {"duration": float(duration), "fps": float(fps), "size": int(size), "sample_rate": int(sample_rate)}
     jobs = [(int(seed), i, cfg, str(out)) for i in select_ids(int(n), int(seed), split)]
-    rows, t0 = [], time.time()
+    rows: list[dict] = []
+    t0 = time.time()
     if workers <= 1:
         it = map(_work, jobs)
         pool = None
@@ -126,10 +142,15 @@ def run_synth(out_dir, n: int, seed: int, split: str | None = None, workers: int
             if progress and (len(rows) % 50 == 0 or len(rows) == len(jobs)):
                 rate = len(rows) / max(time.time() - t0, 1e-9)
                 print(f"synth: {len(rows)}/{len(jobs)} clips ({rate:.1f} clips/s)", file=sys.stderr)
-    finally:
-        if pool is not None:
-            pool.terminate() if len(rows) < len(jobs) else pool.close()
-            pool.join()
+    except PrismAudioError as e:
+        _stop_pool(pool, finished=False)
+        _remove_half_clips(out, [clip_id(j[1]) for j in jobs], {r["id"] for r in rows})
+        raise PrismAudioError(f"{e}; stopped after {len(rows)} of {len(jobs)} clips, no manifest written") from None
+    except BaseException:
+        _stop_pool(pool, finished=False)
+        _remove_half_clips(out, [clip_id(j[1]) for j in jobs], {r["id"] for r in rows})
+        raise
+    _stop_pool(pool, finished=True)
     rows.sort(key=lambda r: r["id"])
     manifest = out / "manifest.jsonl"
     with atomic_path(manifest) as tmp:
@@ -137,3 +158,22 @@ def run_synth(out_dir, n: int, seed: int, split: str | None = None, workers: int
             for r in rows:
                 fh.write(json.dumps(r, separators=(",", ":")) + "\n")
     return manifest
+
+
+def _stop_pool(pool, finished: bool) -> None:
+    if pool is not None:
+        pool.close() if finished else pool.terminate()
+        pool.join()
+
+
+def _remove_half_clips(out: Path, ids: list[str], complete: set[str]) -> None:
+    """After a failed run: the killed workers' temp files, and every clip of this run that is not
+    a complete MP4 + WAV pair (an MP4 whose WAV never came)."""
+    for sub in ("video", "audio"):
+        sweep_stale(out / sub)
+    for cid in ids:
+        mp4, wav = out / "video" / f"{cid}.mp4", out / "audio" / f"{cid}.wav"
+        if cid in complete or (mp4.is_file() and wav.is_file()):
+            continue
+        mp4.unlink(missing_ok=True)
+        wav.unlink(missing_ok=True)
