@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -136,50 +135,29 @@ def test_clap_wrong_keys(msclap_dir, tmp_path):
 
 # ---------------------------------------------------------------- Audiobox Aesthetics
 
-TINY_WAVLM = {"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 32,
-              "conv_dim": [8, 8], "conv_stride": [16, 10], "conv_kernel": [32, 10], "num_conv_pos_embeddings": 8,
-              "num_conv_pos_embedding_groups": 2, "num_buckets": 16, "max_bucket_distance": 40}
-_INV_LAYER = {v: k for k, v in __import__("prismaudio.metrics.adapters.aesthetics",
-                                          fromlist=["_LAYER_MAP"])._LAYER_MAP.items()}
-
-
-def _hf_to_fairseq(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Inverse of the adapter's key mapping, to write a release-layout (fairseq-key) checkpoint."""
-    out = {}
-    glob = {"feature_projection.projection.": "post_extract_proj.", "feature_projection.layer_norm.": "layer_norm.",
-            "encoder.pos_conv_embed.conv.bias": "encoder.pos_conv.0.bias",
-            "encoder.pos_conv_embed.conv.parametrizations.weight.original0": "encoder.pos_conv.0.weight_g",
-            "encoder.pos_conv_embed.conv.parametrizations.weight.original1": "encoder.pos_conv.0.weight_v",
-            "encoder.layer_norm.": "encoder.layer_norm.", "masked_spec_embed": "mask_emb"}
-    for k, v in sd.items():
-        m = re.fullmatch(r"feature_extractor\.conv_layers\.(\d+)\.(conv|layer_norm)\.(weight|bias)", k)
-        m2 = re.fullmatch(r"encoder\.layers\.(\d+)\.(.+?)(\.weight|\.bias)?", k)
-        if m:
-            new = f"feature_extractor.conv_layers.{m.group(1)}.{0 if m.group(2) == 'conv' else 2}.{m.group(3)}"
-        elif m2 and m2.group(2) in _INV_LAYER:
-            new = f"encoder.layers.{m2.group(1)}.{_INV_LAYER[m2.group(2)]}{m2.group(3) or ''}"
-        else:
-            new = next(k.replace(a, b, 1) for a, b in glob.items() if k.startswith(a))
-        out[new] = v
-    return out
-
-
+# tiny WavLM: 2 conv layers (hop 80), 2 transformer layers; strides are not in a checkpoint, so they are given
+TINY_CONV = [(8, 10, 8), (8, 3, 10)]
+TINY_WAVLM = {"conv_layers": tuple(TINY_CONV), "embed_dim": 16, "ffn_dim": 32, "layers": 2, "heads": 2,
+              "conv_pos": 8, "conv_pos_groups": 2, "num_buckets": 16, "max_distance": 40}
 TARGET = {a: {"mean": 5.5, "std": 1.5} for a in ("CE", "CU", "PC", "PQ")}
+
+
+def _aes(path, **kw):
+    return build_backend("audiobox_aesthetics", path=str(path), conv_feature_layers=TINY_CONV, max_distance=40,
+                         window_s=1.0, **kw)
 
 
 @pytest.fixture(scope="module")
 def aes_ckpt(tmp_path_factory) -> Path:
-    from transformers import WavLMConfig
-
+    """A release-layout checkpoint.pt ({'state_dict': {'model.*'}, 'model_cfg', 'target_transform'})."""
     from prismaudio.metrics.adapters.aesthetics import _AesModel
+    from prismaudio.metrics.adapters.wavlm import WavLMConfig
 
     torch.manual_seed(2)
     model = _AesModel(WavLMConfig(**TINY_WAVLM), nth_layer=3, head_layers=1, normalize_embed=True)
-    for p in model.layer_weights.values():
-        p.data.normal_()
-    sd = {f"model.wavlm_model.{k}": v for k, v in _hf_to_fairseq(
-        {k[len("wavlm."):]: v for k, v in model.state_dict().items() if k.startswith("wavlm.")}).items()}
-    sd.update({f"model.{k}": v for k, v in model.state_dict().items() if not k.startswith("wavlm.")})
+    for p in model.parameters():
+        p.data.normal_(0, 0.3)
+    sd = {f"model.{k}": v for k, v in model.state_dict().items()}
     path = tmp_path_factory.mktemp("aes") / "checkpoint.pt"
     torch.save({"state_dict": sd, "model_cfg": {"nth_layer": 3, "proj_num_layer": 1, "normalize_embed": True},
                 "target_transform": TARGET}, str(path))
@@ -188,14 +166,16 @@ def aes_ckpt(tmp_path_factory) -> Path:
 
 def test_aesthetics_axes_range_and_roundtrip(aes_ckpt, tmp_path):
     assert backend_role("audiobox_aesthetics") == "aesthetics"
-    aes = build_backend("audiobox_aesthetics", path=str(aes_ckpt), wavlm_config=TINY_WAVLM, window_s=1.0)
+    aes = _aes(aes_ckpt)
     audio = _audio(b=2, c=2, sr=22_050, seconds=1.6)  # stereo, non-native rate, 2 windows (the last padded)
     out = aes.score(audio, 22_050)
     assert set(out) == {"PQ", "PC", "CE", "CU"}
     for v in out.values():
         assert v.shape == (2,) and bool(((v >= 1) & (v <= 10)).all())
     assert not torch.allclose(out["CE"], out["PQ"])  # distinct heads
-    again = build_backend("audiobox_aesthetics", path=str(aes_ckpt), wavlm_config=TINY_WAVLM, window_s=1.0)
+    raw = aes.score(audio, 22_050, clamp=False)
+    assert all(torch.equal(out[a], raw[a].clamp(1, 10)) for a in out)
+    again = _aes(aes_ckpt)
     for k, v in again.score(audio, 22_050).items():
         assert torch.allclose(v, out[k], atol=1e-5)
     one = aes.score(audio[1], 22_050)  # [C, S] accepted
@@ -207,9 +187,31 @@ def test_aesthetics_axes_range_and_roundtrip(aes_ckpt, tmp_path):
     save_file({"encoder." + k[len("model."):]: v.contiguous() for k, v in ck["state_dict"].items()},
               str(d / "model.safetensors"))
     (d / "config.json").write_text(json.dumps({**ck["model_cfg"], "target_transform": TARGET}))
-    hub = build_backend("audiobox_aesthetics", path=str(d), wavlm_config=TINY_WAVLM, window_s=1.0)
+    hub = _aes(d)
     for k, v in hub.score(audio, 22_050).items():
         assert torch.allclose(v, out[k], atol=1e-5)
+
+
+def test_aesthetics_padding_is_masked(aes_ckpt):
+    """A padded last window scores as its valid part alone: zeros appended inside the window change nothing,
+    and the clip score is the valid-fraction-weighted mean of its windows."""
+    aes = _aes(aes_ckpt, clamp=False)
+    x = _audio(b=1, c=1, sr=16_000, seconds=1.3)
+    p1, v1 = aes.window_predictions(x, 16_000)
+    assert v1.tolist() == [[16_000, 4_800]]
+    p2, _ = aes.window_predictions(torch.nn.functional.pad(x, (0, 800)), 16_000)  # 800 real zeros: not padding
+    assert not torch.allclose(p1[0, 1], p2[0, 1], atol=1e-6)
+    # upstream's frame rule: a frame is padding only when ALL its samples are (ceil, not the conv-length floor)
+    from prismaudio.metrics.adapters.wavlm import WavLM
+
+    hop, frames = 80, 200
+    for v in (1, 79, 80, 81, 4_800, 4_801, 16_000):
+        pad = torch.arange(frames * hop + 37)[None] >= v  # + 37: the cut to a multiple of the frame count
+        assert int((~WavLM.frame_padding(pad, frames)).sum()) == min(-(-v // hop), frames)
+    s = aes.score(x, 16_000)
+    mean, std = aes.target["CE"]
+    expect = ((p1[0, :, 0] * std + mean) * torch.tensor([1.0, 0.3])).sum() / 1.3
+    assert torch.allclose(s["CE"][0], expect, atol=1e-5)
 
 
 def test_aesthetics_bad_checkpoints(aes_ckpt, tmp_path):
@@ -217,12 +219,12 @@ def test_aesthetics_bad_checkpoints(aes_ckpt, tmp_path):
     bad = tmp_path / "bad.pt"
     torch.save({"state_dict": ck["state_dict"], "model_cfg": ck["model_cfg"]}, str(bad))
     with pytest.raises(PrismAudioError, match="target_transform"):
-        build_backend("audiobox_aesthetics", path=str(bad), wavlm_config=TINY_WAVLM).score(_audio(1), 16_000)
+        _aes(bad).score(_audio(1), 16_000)
     sd = dict(ck["state_dict"])
     sd.pop("model.proj_layer.PQ.0.weight")
     torch.save({**ck, "state_dict": sd}, str(bad))
-    with pytest.raises(PrismAudioError, match="missing"):
-        build_backend("audiobox_aesthetics", path=str(bad), wavlm_config=TINY_WAVLM).score(_audio(1), 16_000)
+    with pytest.raises(PrismAudioError, match="missing.*proj_layer.PQ.0.weight"):
+        _aes(bad).score(_audio(1), 16_000)
 
 
 # ---------------------------------------------------------------- VGGish

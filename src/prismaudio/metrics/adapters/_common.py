@@ -13,6 +13,7 @@ from torch import Tensor
 from ...errors import PrismAudioError
 from ...io.audio import resample
 from ...io.weights import read_state_dict
+from .resample import resample as torchaudio_resample
 
 
 def _read_errors() -> tuple[type[BaseException], ...]:
@@ -24,8 +25,17 @@ def _read_errors() -> tuple[type[BaseException], ...]:
 READ_ERRORS = _read_errors()
 
 
+# Backends whose upstream resamples with torchaudio.functional.resample (per their fixtures' facts.md): their
+# audio is resampled with `resample.resample` (torchaudio-equal), every channel first, then averaged, as upstream.
+# The others keep `io.audio.resample` (mix down first), pending facts on their upstream resampler.
+TORCHAUDIO_RESAMPLE = frozenset({"audiobox_aesthetics"})
+
+
 def mono_at(audio: Any, sr: int, target_sr: int, backend: str) -> Tensor:
-    """[B, C, S] or [C, S] float audio at `sr` -> mono [B, S'] float32 at `target_sr` (mix down, then resample)."""
+    """[B, C, S] or [C, S] float audio at `sr` -> mono [B, S'] float32 at `target_sr`.
+
+    Backends in `TORCHAUDIO_RESAMPLE` resample each channel with the torchaudio-equal resampler, then average
+    (upstream's order); the others average first, then use the project resampler."""
     if not isinstance(audio, Tensor):
         raise PrismAudioError(f"backend {backend!r} expects audio as a torch.Tensor [B, C, S] or [C, S]")
     if audio.ndim == 2:
@@ -36,8 +46,10 @@ def mono_at(audio: Any, sr: int, target_sr: int, backend: str) -> Tensor:
         raise PrismAudioError(f"backend {backend!r} got empty audio (0 samples)")
     if isinstance(sr, bool) or not isinstance(sr, numbers.Integral) or sr <= 0:
         raise PrismAudioError(f"backend {backend!r}: sample rate must be a positive integer, got {sr!r}")
-    x = audio.float().mean(dim=1)
     sr = int(sr)
+    if backend in TORCHAUDIO_RESAMPLE:
+        return torchaudio_resample(audio.float(), sr, target_sr).mean(dim=1)
+    x = audio.float().mean(dim=1)
     return resample(x, sr, target_sr) if sr != target_sr else x
 
 

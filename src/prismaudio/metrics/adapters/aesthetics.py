@@ -1,32 +1,30 @@
-"""`audiobox_aesthetics`: Meta's Audiobox Aesthetics predictor (PQ, PC, CE, CU) from a LOCAL checkpoint.
+"""`audiobox_aesthetics`: Meta's Audiobox Aesthetics predictor (CE, CU, PC, PQ) from a LOCAL checkpoint.
 
-Release structure (facebookresearch/audiobox-aesthetics, `model/aes_wavlm.py`, `infer.py`; read, not copied):
+Computes what `audiobox_aesthetics.infer.AesPredictor.forward` computes (PyPI 0.0.4; facts in
+`shared/reference/upstream_fixtures/audiobox_aesthetics/facts.md`), checked against its fixture:
 
-* WavLM-Base encoder (fairseq/unilm layout: 12 layers, 768-d, group-norm conv front end, gated relative
-  position bias with 320 buckets / max distance 800, post-LN) on 16 kHz mono audio; no waveform normalisation.
-* the 13 hidden states (after the positional-conv + layer norm, then after each of the 12 layers) are mixed per
-  axis with `softmax(layer_weights[axis])`, mean-pooled over non-padded frames, L2-normalised, and fed to a
-  per-axis head `proj_layer[axis]` (one Linear 768 -> 1 in the release: `proj_num_layer=1`);
-* the head output is de-normalised with the checkpoint's `target_transform[axis]` (``x * std + mean``);
-* each clip is cut into 10 s windows (hop 10 s); the last window is zero-padded and masked; the clip score is
-  the mean of its window scores weighted by each window's un-padded fraction.
+* every channel resampled to 16 kHz with torchaudio's default resampler (`resample.resample`), then averaged;
+* 10 s windows at 0, 10 s, ... while start < length, each zero-padded to 10 s with a sample padding mask and
+  weighted by its un-padded fraction;
+* WavLM (`wavlm.WavLM`, the release's key names; a frame is padding when all its samples are), the
+  layer results (encoder input + each layer, `nth_layer` of them) mixed per axis by
+  ``softmax(layer_weights[axis])``, mean over valid frames (denominator clamped at 1), L2-normalised
+  (`normalize_embed`), head ``proj_layer[axis]`` (Linear D -> 1);
+* ``pred * std + mean`` with the checkpoint's `target_transform`, then the window-weighted mean per clip.
 
-We run the encoder as `transformers.WavLMModel` (same architecture) after renaming the fairseq keys with the
-mapping of transformers' WavLM conversion script (`_FAIRSEQ_TO_HF`). The hidden states are captured with hooks
-on `encoder.layer_norm` and on each encoder layer, which are exactly the 13 tensors the release stacks.
+Upstream does not clamp; the `aesthetics` role promises 1..10, so `score` clamps unless ``clamp=False``
+(`clamp=False` is upstream's number). The release checkpoint loads as downloaded:
 
-Checkpoint (``path``):
-* the release's `checkpoint.pt` (``{"state_dict": {"model.wavlm_model.*", "model.proj_layer.*",
-  "model.layer_weights.*"}, "model_cfg": {...}, "target_transform": {axis: {"mean", "std"}}}``), or
+* `checkpoint.pt`: ``{"state_dict": {"model.wavlm_model.*", "model.proj_layer.*", "model.layer_weights.*"},
+  "model_cfg": {...}, "target_transform": {axis: {"mean", "std"}}}`` (read with ``weights_only=True``), or
 * a directory with `config.json` (the hub export's constructor args incl. `target_transform`) and
   `model.safetensors` (keys `encoder.wavlm_model.*`, `encoder.proj_layer.*`, `encoder.layer_weights.*`).
 
-Verified: module structure, pooling, windowing and de-normalisation against the release's source text; HF
-WavLM parameter names/shapes. Assumed (no real weights offline): numerical equality with the fairseq WavLM
-(the conversion script's mapping is what HF uses for microsoft/wavlm-*), the frame padding mask (HF derives it
-from conv output lengths, fairseq from "all samples padded" per frame; they can differ by one frame on the
-last window), and heads with ``proj_num_layer > 1`` being Linear/GELU stacks (only 1 is used in the release).
-Scores are clamped to 1..10 (the role's range; the release does not clamp) unless ``clamp=False``.
+WavLM sizes are read from the tensors; the conv strides and relative-position `max_distance` are not stored
+and default to upstream's (``conv_feature_layers`` / ``max_distance`` override them).
+
+Official PrismAudio aesthetic REWARD (`official_aesthetic_reward`): ``(CE + CU - PC + PQ) / 40`` of these
+unclamped axis values; the metric reports the four axes themselves.
 """
 
 from __future__ import annotations
@@ -41,62 +39,36 @@ from torch import Tensor, nn
 from ...errors import PrismAudioError
 from ..backends import register_backend
 from ._common import READ_ERRORS, load_state_dict, load_strict, mono_at, require_path
+from .wavlm import DEFAULT_MAX_DISTANCE, WavLM, WavLMConfig, parse_conv_feature_layers
 
 AXES = ("CE", "CU", "PC", "PQ")
 SAMPLE_RATE = 16_000
+NAME = "audiobox_aesthetics"
 _EXPECTED = ("the Audiobox Aesthetics checkpoint: the release's checkpoint.pt, or a directory with config.json "
              "(incl. target_transform) and model.safetensors")
 
-# fairseq/unilm WavLM key fragment -> transformers WavLMModel key fragment (per encoder layer unless global)
-_LAYER_MAP = {
-    "self_attn.k_proj": "attention.k_proj", "self_attn.v_proj": "attention.v_proj",
-    "self_attn.q_proj": "attention.q_proj", "self_attn.out_proj": "attention.out_proj",
-    "self_attn.grep_linear": "attention.gru_rel_pos_linear", "self_attn.grep_a": "attention.gru_rel_pos_const",
-    "self_attn.relative_attention_bias": "attention.rel_attn_embed", "self_attn_layer_norm": "layer_norm",
-    "fc1": "feed_forward.intermediate_dense", "fc2": "feed_forward.output_dense",
-    "final_layer_norm": "final_layer_norm",
-}
-_GLOBAL_MAP = {
-    "post_extract_proj.": "feature_projection.projection.", "layer_norm.": "feature_projection.layer_norm.",
-    "encoder.layer_norm.": "encoder.layer_norm.", "encoder.pos_conv.0.bias": "encoder.pos_conv_embed.conv.bias",
-    "encoder.pos_conv.0.weight_g": "encoder.pos_conv_embed.conv.parametrizations.weight.original0",
-    "encoder.pos_conv.0.weight_v": "encoder.pos_conv_embed.conv.parametrizations.weight.original1",
-    "mask_emb": "masked_spec_embed",
-}
 
-
-def fairseq_wavlm_to_hf(sd: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Rename fairseq/unilm WavLM keys (as inside the release's `wavlm_model.*`) to `transformers.WavLMModel`."""
-    out: dict[str, Tensor] = {}
-    for k, v in sd.items():
-        m = re.fullmatch(r"feature_extractor\.conv_layers\.(\d+)\.(\d+)\.(weight|bias)", k)
-        if m:  # Sequential(conv, dropout, GroupNorm|LayerNorm?, GELU): index 0 = conv, 2 = norm
-            sub = {"0": "conv", "2": "layer_norm"}.get(m.group(2))
-            new = None if sub is None else f"feature_extractor.conv_layers.{m.group(1)}.{sub}.{m.group(3)}"
-        elif (m := re.fullmatch(r"encoder\.layers\.(\d+)\.(.+?)(\.weight|\.bias)?", k)) and m.group(2) in _LAYER_MAP:
-            new = f"encoder.layers.{m.group(1)}.{_LAYER_MAP[m.group(2)]}{m.group(3) or ''}"
-        else:
-            new = next((k.replace(a, b, 1) for a, b in _GLOBAL_MAP.items() if k.startswith(a)), None)
-        if new is None:
-            raise PrismAudioError(f"backend 'audiobox_aesthetics': unknown WavLM checkpoint key {k!r}")
-        out[new] = v
-    return out
+def official_aesthetic_reward(axes: dict[str, Any]) -> Tensor:
+    """The official PrismAudio aesthetic reward, ``(CE + CU - PC + PQ) / 40``, from `score(..., clamp=False)`
+    values (a dict with the four axes, tensors or floats); float64 like the reward's python floats."""
+    missing = [a for a in AXES if a not in axes]
+    if missing:
+        raise PrismAudioError(f"official_aesthetic_reward: missing axes {missing} (need {', '.join(AXES)})")
+    v = {a: torch.as_tensor(axes[a], dtype=torch.float64) for a in AXES}
+    return (v["CE"] + v["CU"] - v["PC"] + v["PQ"]) / 40
 
 
 class _AesModel(nn.Module):
-    """HF WavLM + per-axis layer weights and heads (the release's `WavlmAudioEncoderMultiOutput`)."""
+    """WavLM + per-axis layer weights and heads (upstream `AesMultiOutput`, same attribute names)."""
 
-    def __init__(self, wavlm_config: Any, nth_layer: int, head_layers: int, normalize_embed: bool):
+    def __init__(self, cfg: WavLMConfig, nth_layer: int, head_layers: int, normalize_embed: bool):
         super().__init__()
-        from transformers import WavLMModel
-
-        self.wavlm = WavLMModel(wavlm_config)
-        self.nth_layer = nth_layer
-        self.normalize_embed = normalize_embed
-        d = wavlm_config.hidden_size
+        self.wavlm_model = WavLM(cfg)
+        self.nth_layer, self.normalize_embed = nth_layer, normalize_embed
+        d = cfg.embed_dim
         self.layer_weights = nn.ParameterDict({a: nn.Parameter(torch.full((nth_layer,), 1.0 / nth_layer)) for a in AXES})
 
-        def head() -> nn.Sequential:
+        def head() -> nn.Sequential:  # the release has 1 layer; deeper heads assumed Linear/GELU stacks
             mods: list[nn.Module] = []
             for i in range(head_layers):
                 mods.append(nn.Linear(d, 1 if i == head_layers - 1 else d))
@@ -106,53 +78,48 @@ class _AesModel(nn.Module):
 
         self.proj_layer = nn.ModuleDict({a: head() for a in AXES})
 
-    def forward(self, wav: Tensor, mask: Tensor) -> dict[str, Tensor]:
-        states: list[Tensor] = []
-        hooks = [self.wavlm.encoder.layer_norm.register_forward_hook(lambda _m, _i, o: states.append(o))]
-        hooks += [layer.register_forward_hook(lambda _m, _i, o: states.append(o[0] if isinstance(o, tuple) else o))
-                  for layer in self.wavlm.encoder.layers]
-        try:
-            self.wavlm(wav, attention_mask=mask.long())
-        finally:
-            for h in hooks:
-                h.remove()
-        if len(states) < self.nth_layer:
-            raise PrismAudioError(f"backend 'audiobox_aesthetics': nth_layer={self.nth_layer} but the WavLM "
-                                  f"has only {len(states)} hidden states")
-        stack = torch.stack(states[: self.nth_layer], dim=-1)  # [N, T, D, L]
-        lengths = self.wavlm._get_feat_extract_output_lengths(mask.sum(-1)).long()
-        fmask = (torch.arange(stack.shape[1], device=wav.device)[None] < lengths[:, None]).to(stack.dtype)
-        preds = {}
+    def forward(self, wav: Tensor, padding: Tensor) -> Tensor:
+        """Windows [W, S] + sample padding [W, S] -> normalised predictions [W, 4] (axes in `AXES` order)."""
+        results, fpad = self.wavlm_model(wav, padding)
+        if len(results) < self.nth_layer:
+            raise PrismAudioError(f"backend {NAME!r}: nth_layer={self.nth_layer} but the WavLM has only "
+                                  f"{len(results)} layer results")
+        stack = torch.stack(results[: self.nth_layer], dim=-1)  # [W, T, D, L]
+        valid = (~fpad).to(stack.dtype)[..., None]
+        preds = []
         for a in AXES:
-            emb = torch.einsum("ntdl,l->ntd", stack, torch.softmax(self.layer_weights[a], dim=-1))
-            emb = (emb * fmask[..., None]).sum(1) / fmask.sum(1, keepdim=True).clamp(min=1)
+            emb = (stack * torch.softmax(self.layer_weights[a], dim=-1)).sum(-1)
+            emb = (emb * valid).sum(1) / valid.sum(1).clamp(min=1)
             if self.normalize_embed:
                 emb = nn.functional.normalize(emb, dim=-1)
-            preds[a] = self.proj_layer[a](emb).squeeze(-1)
-        return preds
+            preds.append(self.proj_layer[a](emb).squeeze(-1))
+        return torch.stack(preds, dim=-1)
 
 
-@register_backend("audiobox_aesthetics", "aesthetics")
+@register_backend(NAME, "aesthetics")
 class AudioboxAesthetics:
-    """`score(audio [B, C, S] | [C, S], sr) -> {"PQ", "PC", "CE", "CU": [B]}` in 1..10 (see module docstring).
+    """`score(audio [B, C, S] | [C, S], sr) -> {"PQ", "PC", "CE", "CU": [B]}` (see module docstring).
 
-    ``wavlm_config`` overrides `transformers.WavLMConfig` fields (tiny models in tests; the release is the
-    default WavLM-Base config); ``window_s`` is the window (= hop) length, 10 s in the release.
+    ``window_s`` is the window (= hop) length, 10 s upstream; ``conv_feature_layers`` (upstream's string or
+    [(dim, kernel, stride), ...]) and ``max_distance`` give what a checkpoint does not store.
     """
 
     role = "aesthetics"
 
-    def __init__(self, path: str | None = None, wavlm_config: dict[str, Any] | None = None, window_s: float = 10.0,
-                 clamp: bool = True, device: str = "cpu"):
-        self.path = require_path(path, "audiobox_aesthetics", _EXPECTED)
-        self.wavlm_overrides = dict(wavlm_config or {})
+    def __init__(self, path: str | None = None, window_s: float = 10.0, clamp: bool = True,
+                 conv_feature_layers: str | list | None = None, max_distance: int = DEFAULT_MAX_DISTANCE,
+                 device: str = "cpu"):
+        self.path = require_path(path, NAME, _EXPECTED)
         if not window_s > 0:
-            raise PrismAudioError(f"backend 'audiobox_aesthetics': window_s must be > 0, got {window_s!r}")
+            raise PrismAudioError(f"backend {NAME!r}: window_s must be > 0, got {window_s!r}")
         self.window = round(window_s * SAMPLE_RATE)
         self.clamp = bool(clamp)
+        self.strides = None if conv_feature_layers is None else tuple(
+            s for _, _, s in parse_conv_feature_layers(conv_feature_layers))
+        self.max_distance = int(max_distance)
         self.device = torch.device(device)
         self._model: _AesModel | None = None
-        self._target: dict[str, tuple[float, float]] = {}
+        self.target: dict[str, tuple[float, float]] = {}
 
     def _read(self) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, Any]]:
         """(state dict with the `model.`/`encoder.` prefix removed, model config, target transform)."""
@@ -161,69 +128,86 @@ class AudioboxAesthetics:
             try:
                 cfg = json.loads((p / "config.json").read_text(encoding="utf-8"))
             except (OSError, ValueError):
-                raise PrismAudioError(f"backend 'audiobox_aesthetics': no readable config.json in {p}; "
-                                      f"expected {_EXPECTED}") from None
-            sd = load_state_dict(p, "audiobox_aesthetics", _EXPECTED)
+                raise PrismAudioError(f"backend {NAME!r}: no readable config.json in {p}; expected {_EXPECTED}") from None
+            sd = load_state_dict(p, NAME, _EXPECTED)
             target = cfg.get("target_transform")
         else:
             try:
                 ckpt = torch.load(str(p), map_location="cpu", weights_only=True)
             except READ_ERRORS as e:
-                raise PrismAudioError(f"backend 'audiobox_aesthetics': cannot read {p}: {e}") from None
+                from ...io.weights import load_error_reason
+
+                raise PrismAudioError(f"backend {NAME!r}: cannot read {p}: {load_error_reason(e)}") from None
             if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-                raise PrismAudioError(f"backend 'audiobox_aesthetics': {p} has no state_dict; expected {_EXPECTED}")
+                raise PrismAudioError(f"backend {NAME!r}: {p} has no state_dict; expected {_EXPECTED}")
             sd, cfg, target = ckpt["state_dict"], dict(ckpt.get("model_cfg") or {}), ckpt.get("target_transform")
         if not isinstance(target, dict) or not all(
                 isinstance(target.get(a), dict) and {"mean", "std"} <= set(target[a]) for a in AXES):
-            raise PrismAudioError(f"backend 'audiobox_aesthetics': {p} lacks target_transform (mean/std for "
+            raise PrismAudioError(f"backend {NAME!r}: {p} lacks target_transform (mean/std for "
                                   f"{', '.join(AXES)}); expected {_EXPECTED}")
+        if not all(isinstance(v, Tensor) for v in sd.values()):
+            raise PrismAudioError(f"backend {NAME!r}: {p}: state_dict holds non-tensor entries")
         sd = {re.sub(r"^(model|encoder)\.", "", k): v for k, v in sd.items()}
         return sd, cfg, target
 
     def _load(self) -> _AesModel:
         if self._model is not None:
             return self._model
-        from transformers import WavLMConfig
-
         sd, cfg, target = self._read()
-        wav_sd = fairseq_wavlm_to_hf({k[len("wavlm_model."):]: v for k, v in sd.items() if k.startswith("wavlm_model.")})
-        rest = {k: v for k, v in sd.items() if not k.startswith("wavlm_model.")}
-        try:
-            wcfg = WavLMConfig(**self.wavlm_overrides)
-        except (TypeError, ValueError) as e:
-            raise PrismAudioError(f"backend 'audiobox_aesthetics': bad wavlm_config: {e}") from None
+        if not any(k.startswith("wavlm_model.") for k in sd):
+            first = next(iter(sorted(sd)), "<none>")
+            raise PrismAudioError(f"backend {NAME!r}: {self.path} is not an Audiobox Aesthetics checkpoint: "
+                                  f"missing 'wavlm_model.*' (first key {first!r})")
+        wav_sd = {k[len("wavlm_model."):]: v for k, v in sd.items() if k.startswith("wavlm_model.")}
+        wcfg = WavLMConfig.from_state_dict(wav_sd, self.strides, self.max_distance,
+                                           where=f"backend {NAME!r}: {self.path}")
         if not cfg.get("use_weighted_layer_sum", True):
-            raise PrismAudioError("backend 'audiobox_aesthetics': checkpoints without use_weighted_layer_sum are "
-                                  "not supported (the release uses it)")
-        model = _AesModel(wcfg, int(cfg.get("nth_layer", wcfg.num_hidden_layers + 1)),
-                          int(cfg.get("proj_num_layer", 1)), bool(cfg.get("normalize_embed", True)))
-        wav_sd.setdefault("masked_spec_embed", model.wavlm.masked_spec_embed.detach().clone())  # training-only
-        full = {**{f"wavlm.{k}": v for k, v in wav_sd.items()}, **rest}
-        load_strict(model, full, "audiobox_aesthetics", self.path)
-        self._target = {a: (float(target[a]["mean"]), float(target[a]["std"])) for a in AXES}
+            raise PrismAudioError(f"backend {NAME!r}: checkpoints without use_weighted_layer_sum are not "
+                                  "supported (the release uses it)")
+        model = _AesModel(wcfg, int(cfg.get("nth_layer", wcfg.layers + 1)), int(cfg.get("proj_num_layer", 1)),
+                          bool(cfg.get("normalize_embed", True)))
+        sd.setdefault("wavlm_model.mask_emb", model.wavlm_model.mask_emb.detach().clone())  # training-only
+        load_strict(model, sd, NAME, self.path)
+        self.target = {a: (float(target[a]["mean"]), float(target[a]["std"])) for a in AXES}
         self._model = model.eval().requires_grad_(False).to(self.device)
         return self._model
 
-    @torch.no_grad()
-    def score(self, audio: Tensor, sr: int) -> dict[str, Tensor]:
-        model = self._load()
-        wav = mono_at(audio, sr, SAMPLE_RATE, "audiobox_aesthetics").to(self.device)
+    @property
+    def config(self) -> WavLMConfig:
+        """The WavLM sizes of the loaded checkpoint (loads it)."""
+        return self._load().wavlm_model.cfg
+
+    def windows(self, wav: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Mono 16 kHz [B, S] -> (windows [B, W, win], sample padding [B, W, win], valid samples [B, W])."""
         b, n = wav.shape
         win = self.window
         starts = list(range(0, n, win))
-        chunks = torch.zeros(b, len(starts), win, device=self.device)
-        masks = torch.zeros(b, len(starts), win, dtype=torch.bool, device=self.device)
+        chunks = wav.new_zeros(b, len(starts), win)
+        valid = torch.zeros(b, len(starts), dtype=torch.long)
         for j, s in enumerate(starts):
             seg = wav[:, s:s + win]
             chunks[:, j, : seg.shape[1]] = seg
-            masks[:, j, : seg.shape[1]] = True
-        weights = masks.float().sum(-1) / win  # [B, W] un-padded fraction of each window
-        preds = model(chunks.flatten(0, 1), masks.flatten(0, 1))
-        out = {}
-        for a in ("PQ", "PC", "CE", "CU"):
-            mean, std = self._target[a]
-            val = preds[a].view(b, -1).float() * std + mean
-            val = (val * weights).sum(-1) / weights.sum(-1)
-            out[a] = val.clamp(1.0, 10.0).cpu() if self.clamp else val.cpu()
-        return out
+            valid[:, j] = seg.shape[1]
+        padding = torch.arange(win)[None, None] >= valid[..., None]
+        return chunks, padding.to(wav.device), valid
 
+    @torch.no_grad()
+    def window_predictions(self, audio: Tensor, sr: int) -> tuple[Tensor, Tensor]:
+        """(normalised predictions [B, W, 4] before the target transform, valid samples [B, W])."""
+        model = self._load()
+        wav = mono_at(audio, sr, SAMPLE_RATE, NAME).to(self.device)
+        chunks, padding, valid = self.windows(wav)
+        preds = model(chunks.flatten(0, 1), padding.flatten(0, 1))
+        return preds.view(*chunks.shape[:2], len(AXES)).float().cpu(), valid
+
+    def score(self, audio: Tensor, sr: int, clamp: bool | None = None) -> dict[str, Tensor]:
+        """Per-clip axes [B] (float32): window-weighted mean of ``pred * std + mean``."""
+        preds, valid = self.window_predictions(audio, sr)
+        weights = valid.float() / self.window
+        out = {}
+        for i, a in enumerate(AXES):
+            mean, std = self.target[a]
+            val = preds[..., i] * std + mean
+            val = (val * weights).sum(-1) / weights.sum(-1)
+            out[a] = val.clamp(1.0, 10.0) if (self.clamp if clamp is None else clamp) else val
+        return {a: out[a] for a in ("PQ", "PC", "CE", "CU")}
