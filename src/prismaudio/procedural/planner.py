@@ -22,15 +22,22 @@ Analysis, per clip (decoded at its native frame rate and size):
 - aesthetic: the corpus's clean-recording sentence: degradations are audio-only and the video cannot
   show them, so none is ever claimed.
 
-It is built for corpus-style scenes (flat room, floor line at `scene.FLOOR`, one sprite per source);
-on other footage it still runs but its sentences are only as good as that assumption.
+It is built for corpus-style scenes (flat room, floor line at `scene.FLOOR`, one sprite per source).
+Footage outside that world is recognised (`DomainReport`: no floor line, a room that is not flat,
+too many objects, or a visual classifier that is unsure of what it sees) and gets a short neutral
+plan (or the caption as its Semantic part) with one warning line, instead of corpus sentences about
+imaginary sources. Every plan is bounded like the corpus's own: at most `MAX_SOURCES` sources,
+`MAX_EVENTS_PER_SOURCE` events each and `MAX_EVENTS` in all (the corpus has <= 4, <= 3 and <= 10),
+and `MAX_WORDS` words (the corpus's longest CoTs have ~240).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +47,7 @@ import torch
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
-from ..cot.core import CoT
+from ..cot.core import CoT, split_sentences
 from ..cot.planners import Planner, register_planner
 from ..cot.visual_classifier import VisualClassifier, make_crop
 from ..errors import PrismAudioError
@@ -66,6 +73,20 @@ DROP_MIN = 3  # px: an impact needs the object this far higher one frame earlier
 FALL_MIN = 8  # px of vertical travel that makes an object a falling one (drops are >= 0.36 H)
 FLASH_JUMP = 0.12  # mean-brightness rise of a strike frame (the renderer whitens by 85 %)
 FAMILY_PRIOR = 0.05  # weight of classes whose family contradicts the observed behaviour
+# bounds on a plan (why: a plan describes the corpus's scenes, never an open-ended list)
+MAX_SOURCES = 4  # the corpus has at most 4 sources per clip
+MAX_EVENTS_PER_SOURCE = 4  # ... at most 3 impacts / strikes per source
+MAX_EVENTS = 12  # ... at most 10 events per clip
+MAX_WORDS = 300  # ... and CoTs of at most ~240 words
+# the domain check: what makes footage look like the procedural world (calibrated on the corpus,
+# whose clips all pass, and on 1280x720 natural-texture clips, which all fail)
+FLOOR_SEARCH = (0.7, 0.95)  # the floor line is searched in this band of the frame height (corpus: 0.82)
+MIN_FLOOR_STEP = 0.05  # max-channel colour step between the room and the floor (corpus: >= 0.12)
+MAX_OFF_ROWS = 0.2  # fraction of room / floor rows whose colour differs from the room's (flat: ~0)
+MAX_FOREGROUND = 0.3  # fraction of the room covered by objects (corpus: <= 0.17)
+MAX_GROUND = 0.05  # fraction of the floor off its row colour (corpus: objects stay above it: ~0)
+MAX_TRACKS = 2 * MAX_SOURCES  # more tracked objects than this is texture, not sprites
+MIN_CONFIDENCE = 0.55  # median classifier max-posterior over objects (corpus: >= 0.64)
 _KIND = {"impact": "impact", "tonal": "strike", "continuous": "start", "texture": "start"}
 _BEHAVIOUR_FAMILIES = {"impact": ("impact",), "tonal": ("tonal",), "start": ("continuous", "texture")}
 
@@ -125,11 +146,17 @@ def load_frames(path: str | Path) -> tuple[np.ndarray, float]:
     return frames.permute(0, 2, 3, 1).numpy(), float(info.fps)
 
 
-def segment(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+def row_background(frames: np.ndarray) -> np.ndarray:
+    """[H, 3] per-row median colour over all columns and frames: the room, where it is flat per row."""
+    T, H, W, _ = frames.shape
+    return np.median(frames.transpose(1, 0, 2, 3).reshape(H, T * W, 3), axis=1)
+
+
+def segment(frames: np.ndarray, bg: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """(labels [T, H, W], number of components per frame, floor row) of the foreground above the floor."""
     T, H, W, _ = frames.shape
     floor_row = round(FLOOR * H)
-    bg = np.median(frames.transpose(1, 0, 2, 3).reshape(H, T * W, 3), axis=1)
+    bg = row_background(frames) if bg is None else bg
     fg = np.abs(frames - bg[None, :, None]).max(-1) > FG_THRESH
     fg[:, floor_row:] = False
     fg = ndimage.binary_opening(fg, structure=np.ones((1, 3, 3), bool))
@@ -366,16 +393,73 @@ def events_for(tr: Track, family: str, floor_row: int) -> list[int]:
     return [tr.first]
 
 
-def analyse_frames(frames: np.ndarray, fps: float) -> Analysis:
-    """Segment, track and find events in [T, H, W, 3] float frames in [0, 1]."""
+def _check_frames(frames: np.ndarray) -> np.ndarray:
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
         raise PrismAudioError(f"frames must be [T, H, W, 3], got {tuple(frames.shape)}")
-    frames = np.ascontiguousarray(frames, dtype=np.float32)
-    labels, counts, floor_row = segment(frames)
+    return np.ascontiguousarray(frames, dtype=np.float32)
+
+
+def analyse_frames(frames: np.ndarray, fps: float, bg: np.ndarray | None = None) -> Analysis:
+    """Segment, track and find events in [T, H, W, 3] float frames in [0, 1]."""
+    frames = _check_frames(frames)
+    labels, counts, floor_row = segment(frames, bg)
     tracks = track(frames, labels, counts)
     beh = [behaviour_of(tr, floor_row) for tr in tracks]
     ev = [events_for(tr, {"start": "continuous"}.get(b, b), floor_row) for tr, b in zip(tracks, beh)]
     return Analysis(frames, labels, float(fps), floor_row, tracks, beh, ev)
+
+
+# ---------------------------------------------------------------------------------------------
+# is this the procedural world?
+
+
+@dataclass
+class DomainReport:
+    """How much a video looks like the procedural world (each measure against its bound above)."""
+
+    floor_step: float  # colour step at the strongest horizontal edge of the floor band
+    off_rows: float  # fraction of room / floor rows far from their flat colour
+    foreground: float  # fraction of the room (above the floor) covered by objects
+    ground: float = 0.0  # fraction of the floor (below the line) off its row colour: texture
+    n_tracks: int | None = None  # tracked objects (None: not tracked, the room already failed)
+    confidence: float | None = None  # median classifier max-posterior over the tracked objects
+
+    @property
+    def reasons(self) -> list[str]:
+        """What is wrong, in words (empty: in domain)."""
+        out = []
+        if self.floor_step < MIN_FLOOR_STEP:
+            out.append("no floor line")
+        if self.off_rows > MAX_OFF_ROWS or self.foreground > MAX_FOREGROUND or self.ground > MAX_GROUND:
+            out.append("not a flat room")
+        if self.n_tracks is not None and self.n_tracks > MAX_TRACKS:
+            out.append(f"{self.n_tracks} moving regions")
+        if self.confidence is not None and self.confidence < MIN_CONFIDENCE:
+            out.append(f"visual classifier confidence {self.confidence:.2f} < {MIN_CONFIDENCE}")
+        return out
+
+    @property
+    def in_domain(self) -> bool:
+        return not self.reasons
+
+
+def room_report(frames: np.ndarray, bg: np.ndarray) -> DomainReport:
+    """The room measures of a `DomainReport`: a floor line (the strongest step between row colours
+    in `FLOOR_SEARCH`, wherever it is: footage need not put it at `FLOOR`), rows of one flat colour
+    above and below it, and objects that cover a minority of the room."""
+    T, H, W, _ = frames.shape
+    k = max(2, H // 32)
+    lo, hi = max(k, int(FLOOR_SEARCH[0] * H)), min(H - k, int(FLOOR_SEARCH[1] * H))
+    steps = [float(np.abs(np.median(bg[r:r + k], 0) - np.median(bg[r - k:r], 0)).max()) for r in range(lo, hi + 1)]
+    if not steps:  # a frame a few rows high
+        return DomainReport(0.0, 1.0, 1.0)
+    floor = lo + int(np.argmax(steps))
+    room, ground = bg[: floor - 1], bg[floor + 1:]
+    off = sum(int((np.abs(part - np.median(part, 0)).max(-1) > FG_THRESH).sum()) for part in (room, ground))
+    fg = np.abs(frames[:, : floor - 1] - room[None, :, None]).max(-1) > FG_THRESH
+    tex = np.abs(frames[:, floor + 1:] - ground[None, :, None]).max(-1) > FG_THRESH
+    return DomainReport(floor_step=max(steps), off_rows=off / max(1, len(room) + len(ground)),
+                        foreground=float(fg.mean()) if fg.size else 1.0, ground=float(tex.mean()) if tex.size else 0.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -465,6 +549,7 @@ def scene_graph(an: Analysis, classes: list[str]) -> dict[str, Any]:
     for tr, cls in sorted(zip(an.tracks, classes), key=lambda t: (t[0].first, np.nanmean(t[0].col))):
         fam = BY_NAME[cls].family
         frames = events_for(tr, fam, an.floor_row) if fam in ("impact", "tonal") else [tr.first]
+        frames = frames[:MAX_EVENTS_PER_SOURCE]
         idx = np.arange(T)
         seen = tr.seen
         col = np.interp(idx, idx[seen], tr.col[seen])
@@ -478,8 +563,42 @@ def scene_graph(an: Analysis, classes: list[str]) -> dict[str, Any]:
             "moving": bool(np.ptp(vis_x) > 3.0 / (H - 1)),  # > 1.5 px of travel
             "distance": round(estimate_distance(tr, cls, H), 3),
         })
+    _bound_events(sources)
     return {"duration": T / an.fps, "fps": an.fps, "num_frames": T, "size": H, "floor": FLOOR,
             "sources": sources, "degradation": None}
+
+
+def _bound_events(sources: list[dict[str, Any]], limit: int = MAX_EVENTS) -> None:
+    """Drop the latest event of the source with the most events until the clip has <= `limit`."""
+    while sum(len(s["events"]) for s in sources) > limit:
+        max(sources, key=lambda s: len(s["events"]))["events"].pop()
+
+
+def bound_tracks(an: Analysis, probs: np.ndarray, limit: int = MAX_SOURCES) -> tuple[Analysis, np.ndarray]:
+    """The `limit` objects seen longest (then: most confidently classified), in their original order."""
+    if len(an.tracks) <= limit:
+        return an, probs
+    order = sorted(range(len(an.tracks)), key=lambda i: (-int(an.tracks[i].seen.sum()), -float(probs[i].max())))
+    keep = sorted(order[:limit])
+    pick = lambda xs: [xs[i] for i in keep]  # noqa: E731
+    return dataclasses.replace(an, tracks=pick(an.tracks), behaviour=pick(an.behaviour), events=pick(an.events)), probs[keep]
+
+
+def bound_words(parts: dict[str, str], limit: int = MAX_WORDS) -> dict[str, str]:
+    """`parts` with the last sentence of the longest part dropped until they hold <= `limit` words
+    (a part keeps at least its first sentence, cut to whole words if that alone is too long)."""
+    words = lambda t: len(t.split())  # noqa: E731
+    out = dict(parts)
+    while sum(words(t) for t in out.values()) > limit:
+        key = max(out, key=lambda k: words(out[k]))
+        sentences = split_sentences(out[key])
+        if len(sentences) > 1:
+            out[key] = " ".join(sentences[:-1])
+        else:
+            excess = sum(words(t) for t in out.values()) - limit
+            out[key] = " ".join(out[key].split()[: max(1, words(out[key]) - excess)])
+            break
+    return out
 
 
 _EMPTY = {"semantic": "No sound source can be seen in the video.",
@@ -498,8 +617,27 @@ def render_parts(scene: dict[str, Any], seed: int = 0, caption: str | None = Non
     else:
         parts = {**_EMPTY, "aesthetic": aesthetic}
     if caption is not None and caption.strip() and not caption_classes(caption):
-        text = caption.strip()
-        parts["semantic"] = text[0].upper() + text[1:] + ("" if text[-1] in ".!?" else ".")
+        parts["semantic"] = _sentence(caption)
+    return bound_words({k: parts[k] for k in PARTS})
+
+
+def _sentence(text: str) -> str:
+    text = " ".join(text.split())
+    return text[0].upper() + text[1:] + ("" if text[-1] in ".!?" else ".")
+
+
+NEUTRAL = {"semantic": "The ambient sound of the scene shown in the video.",
+           "temporal": "No visible event marks a sound onset; the sound continues through the clip.",
+           "spatial": "The sound is centred and diffuse."}
+
+
+def neutral_parts(caption: str | None = None, seed: int = 0) -> dict[str, str]:
+    """The short plan for footage outside the procedural world: nothing it cannot see is claimed;
+    a caption, when given, is the Semantic part."""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    parts = {**NEUTRAL, "aesthetic": corpus_cot.aesthetic({"degradation": None}, rng)}
+    if caption is not None and caption.strip():
+        parts["semantic"] = bound_words({"s": _sentence(caption)}, MAX_WORDS // 2)["s"]
     return {k: parts[k] for k in PARTS}
 
 
@@ -533,24 +671,65 @@ def estimate_scene(video: str | Path, classifier: VisualClassifier | str | Path 
     return scene_from_frames(frames, fps, classifier, caption)
 
 
-def scene_from_frames(frames: np.ndarray, fps: float, classifier: VisualClassifier | str | Path | None = None,
-                      caption: str | None = None) -> dict[str, Any]:
-    """Estimated scene graph of [T, H, W, 3] frames in [0, 1] (see `estimate_scene`)."""
-    model = check_classifier(classifier) if isinstance(classifier, VisualClassifier) else _load_classifier(
-        str(classifier if classifier is not None else default_classifier()))
-    an = analyse_frames(frames, fps)
+def _classifier(classifier: VisualClassifier | str | Path | None) -> VisualClassifier:
+    if isinstance(classifier, VisualClassifier):
+        return check_classifier(classifier)
+    return _load_classifier(str(classifier if classifier is not None else default_classifier()))
+
+
+def _estimate(frames: np.ndarray, fps: float, model: VisualClassifier, caption: str | None,
+              report: DomainReport | None = None, bg: np.ndarray | None = None) -> dict[str, Any] | None:
+    """The bounded scene graph; with `report`, its object measures are filled in and None is
+    returned when they put the footage outside the procedural world."""
+    an = analyse_frames(frames, fps, bg)
     if an.tracks:
         probs = np.stack([model.probs(track_crops(an, tr, size=model.crop)).mean(0).numpy() for tr in an.tracks])
     else:
         probs = np.zeros((0, len(CLASSES)))
+    if report is not None:
+        report.n_tracks = len(an.tracks)
+        report.confidence = float(np.median(probs.max(1))) if len(probs) else None
+        if report.reasons:
+            return None
+    an, probs = bound_tracks(an, probs)
     allowed = caption_classes(caption) if caption else None
     return scene_graph(an, assign_classes(probs, an.behaviour, allowed))
+
+
+def scene_from_frames(frames: np.ndarray, fps: float, classifier: VisualClassifier | str | Path | None = None,
+                      caption: str | None = None) -> dict[str, Any]:
+    """Estimated scene graph of [T, H, W, 3] frames in [0, 1] (see `estimate_scene`); no domain check."""
+    scene = _estimate(_check_frames(frames), fps, _classifier(classifier), caption)
+    assert scene is not None
+    return scene
+
+
+def plan_frames(frames: np.ndarray, fps: float, classifier: VisualClassifier | str | Path | None = None,
+                caption: str | None = None, seed: int = 0) -> tuple[dict[str, str], DomainReport]:
+    """(the four CoT parts, the domain report) of [T, H, W, 3] frames: corpus sentences for footage
+    of the procedural world, else `neutral_parts` (the room is checked before any tracking)."""
+    frames = _check_frames(frames)
+    model = _classifier(classifier)
+    bg = row_background(frames)
+    report = room_report(frames, bg)
+    scene = None if report.reasons else _estimate(frames, fps, model, caption, report, bg)
+    if scene is None:
+        return neutral_parts(caption, seed), report
+    return render_parts(scene, seed, caption), report
 
 
 def analyse_video(video: str | Path, caption: str | None = None,
                   classifier: VisualClassifier | str | Path | None = None, seed: int = 0) -> dict[str, str]:
     """{semantic, temporal, aesthetic, spatial} for a video file; a caption overrides Semantic."""
     return render_parts(estimate_scene(video, classifier, caption), seed, caption)
+
+
+def out_of_domain_message(video: str | os.PathLike, report: DomainReport, caption: str | None) -> str:
+    """The one warning line for footage outside the procedural world."""
+    fallback = "the caption as its Semantic part" if caption and caption.strip() else "a short neutral plan"
+    return (f"offline planner: {Path(video).name} does not look like the procedural world it was built for "
+            f"({', '.join(report.reasons)}); planned {fallback} instead (give --caption, or use "
+            "--planner openai / local for real footage)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -565,7 +744,13 @@ class OfflinePlanner(Planner):
         self.classifier_path = Path(classifier_path) if classifier_path is not None else default_classifier()
         self.seed = int(seed)
         self.classifier = load_classifier(self.classifier_path)
+        self.last_report: DomainReport | None = None  # of the latest `plan`
 
     def plan(self, video_path: str | os.PathLike, caption: str | None = None) -> CoT:
-        """The four CoT parts of the video; a caption naming corpus classes fixes the object classes."""
-        return CoT(**analyse_video(video_path, caption=caption, classifier=self.classifier, seed=self.seed))
+        """The four CoT parts of the video; a caption naming corpus classes fixes the object classes.
+        Footage outside the procedural world gets `neutral_parts` and one warning (`last_report` says why)."""
+        frames, fps = load_frames(video_path)
+        parts, self.last_report = plan_frames(frames, fps, self.classifier, caption, self.seed)
+        if not self.last_report.in_domain:
+            warnings.warn(out_of_domain_message(video_path, self.last_report, caption), stacklevel=2)
+        return CoT(**parts)
