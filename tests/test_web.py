@@ -1,0 +1,307 @@
+"""The web demo (`prismaudio demo`, `prismaudio.web`): its jobs without a browser, and the real page
+in a headless Chromium (Debian's `chromium` driven by playwright, never a downloaded browser).
+
+The browser tests start the server in a subprocess on a free loopback port with an empty HOME and
+working directory and a socket guard that logs any non-loopback connection, then check: the example
+clip uploads and is planned, an edited CoT box reaches the generation, the result's <video> plays
+a served MP4 whose audio is stereo and as long as the clip, an oversized and a non-video upload are
+refused in the page, every browser request and every server connection stays on 127.0.0.1, and
+the server leaves nothing behind (temp folder removed, HOME and cwd untouched).
+
+Without chromium or playwright the browser tests skip with the reason, except in CI (CI=true),
+where they fail. `PRISMAUDIO_WEB_SCREENSHOT=docs/images/demo.png` writes the README screenshot;
+`PRISMAUDIO_WEB_METRICS=FILE` writes the measured timings and peak RSS as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from prismaudio.errors import PrismAudioError
+from prismaudio.web import command
+from prismaudio.web.jobs import MB, Workspace, check_video, cot_from_boxes, cot_from_text
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "example.mp4"
+CHROMIUM = os.environ.get("PRISMAUDIO_CHROMIUM", "/usr/bin/chromium")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+EDITED = "A wooden block lands softly, then a second dull knock follows."
+
+# Run in the server process before prismaudio.web: log every connection that is not to loopback.
+GUARD = """
+import runpy, socket, sys, os
+_log = os.environ["PRISMAUDIO_TEST_NETLOG"]
+_connect = socket.socket.connect
+def connect(self, address):
+    host = address[0] if isinstance(address, tuple) else str(address)
+    if self.family in (socket.AF_INET, socket.AF_INET6) and host not in ("127.0.0.1", "::1", "localhost"):
+        with open(_log, "a") as f:
+            f.write(f"{host}\\n")
+    return _connect(self, address)
+socket.socket.connect = connect
+sys.argv = ["prismaudio.web", *sys.argv[1:]]
+runpy.run_module("prismaudio.web", run_name="__main__")
+"""
+
+
+# ------------------------------------------------------------------------------ no browser needed
+
+
+def test_check_video_refuses_bad_uploads(tmp_path: Path) -> None:
+    info = check_video(EXAMPLE, 1 * MB)
+    assert info.duration == pytest.approx(4.0, abs=0.05)
+    with pytest.raises(PrismAudioError, match=r"example.mp4 is 8.\d+ KB; this demo accepts videos up to 4 KB"):
+        check_video(EXAMPLE, 4096)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    with pytest.raises(PrismAudioError, match="not a video file"):
+        check_video(notes, MB)
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(os.urandom(3000))
+    with pytest.raises(PrismAudioError, match="junk.mp4 is not a readable video") as e:
+        check_video(junk, MB)
+    assert str(tmp_path) not in str(e.value)  # the server's folders are not shown to the browser
+    with pytest.raises(PrismAudioError, match="no video"):
+        check_video(None, MB)
+
+
+def test_workspace_keeps_recent_jobs_and_cleans(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path, keep_jobs=2)
+    assert ws.root.parent == tmp_path.resolve()
+    jobs = [ws.new_job() for _ in range(4)]
+    assert [j.exists() for j in jobs] == [False, False, True, True]
+    assert ws.contains(jobs[-1] / "x.wav") and not ws.contains(tmp_path / "elsewhere")
+    ws.close()
+    assert not ws.root.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_cot_from_the_page(tmp_path: Path) -> None:
+    assert cot_from_boxes("", " ", None, "") is None  # all blank: the unconditioned text
+    cot = cot_from_boxes(" a bell ", "at 1 s", "", "left")
+    assert (cot.semantic, cot.temporal, cot.aesthetic, cot.spatial) == ("a bell", "at 1 s", "", "left")
+    assert cot_from_text(cot.render("multi")) == cot
+    secret = tmp_path / "secret.txt"
+    secret.write_text("Semantic: leaked")
+    parsed = cot_from_text(f"@{secret}")  # a browser's text is never read as @FILE
+    assert "leaked" not in parsed.render("multi")
+
+
+def test_demo_parser_defaults_and_checks() -> None:
+    parser = argparse.ArgumentParser()
+    command.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["demo"])
+    assert (args.host, args.port, args.planner, args.model) == ("127.0.0.1", 7860, "offline", None)
+    assert args.func is command.run
+    for bad in (["--port", "0"], ["--max-upload-mb", "0"], ["--keep-jobs", "0"]):
+        with pytest.raises(PrismAudioError):
+            command.run(parser.parse_args(["demo", *bad]))
+
+
+# ------------------------------------------------------------------------------ the real page
+
+
+def _browser_or_skip() -> None:
+    problems = []
+    if not Path(CHROMIUM).is_file():
+        problems.append(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        problems.append("playwright is not installed (pip install -e '.[dev]')")
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        problems.append("gradio is not installed (pip install -e '.[dev]')")
+    if problems:
+        reason = "web demo browser test: " + "; ".join(problems)
+        if IN_CI:
+            pytest.fail(reason + " -- CI must run it (.ci/run installs chromium)")
+        pytest.skip(reason)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    """The demo in a subprocess: (url, info dict); on teardown it is stopped and checked clean."""
+    _browser_or_skip()
+    base = tmp_path_factory.mktemp("web")
+    dirs = {k: base / k for k in ("home", "cwd", "tmp")}
+    for d in dirs.values():
+        d.mkdir()
+    netlog = base / "netlog.txt"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GRADIO_", "XDG_", "MPLCONFIGDIR"))}
+    env.update(HOME=str(dirs["home"]), PRISMAUDIO_TEST_NETLOG=str(netlog), PYTHONUNBUFFERED="1")
+    port = _free_port()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", GUARD, "--port", str(port), "--max-upload-mb", "1", "--tmpdir", str(dirs["tmp"]),
+         "--example", str(EXAMPLE)],
+        cwd=dirs["cwd"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    url = None
+    try:
+        deadline = time.monotonic() + 90
+        while url is None and time.monotonic() < deadline and proc.poll() is None:
+            line = proc.stdout.readline()
+            if "serving on" in line:
+                url = line.split("serving on", 1)[1].split()[0]
+        if url is None:
+            proc.kill()
+            pytest.fail(f"the demo server did not start: {proc.communicate(timeout=10)[1][-3000:]}")
+        info = {"startup_s": time.perf_counter() - t0, "pid": proc.pid, "tmp": dirs["tmp"], "metrics": {}}
+        assert url.startswith(f"http://127.0.0.1:{port}")
+        assert len(list(dirs["tmp"].iterdir())) == 1  # the server's own temporary folder, inside --tmpdir
+        yield url, info
+        info["metrics"]["server_peak_rss_mb"] = round(_peak_rss_mb(proc.pid), 1)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0, proc.stderr.read()[-3000:]
+    # nothing left behind, nothing written outside its own folder, no connection off the machine
+    assert list(dirs["tmp"].iterdir()) == []
+    assert list(dirs["cwd"].iterdir()) == []
+    assert list(dirs["home"].rglob("*")) == []
+    assert not netlog.exists(), f"the server connected off the machine: {netlog.read_text()}"
+    _write_metrics(info)
+
+
+def _write_metrics(info: dict) -> None:
+    m = {"server_startup_s": round(info["startup_s"], 2), **info["metrics"]}
+    print(f"\nweb demo measurements: {json.dumps(m)}")
+    if os.environ.get("PRISMAUDIO_WEB_METRICS"):
+        Path(os.environ["PRISMAUDIO_WEB_METRICS"]).write_text(json.dumps(m, indent=1) + "\n")
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-background-networking", "--disable-component-update", "--no-first-run",
+            "--disable-sync", "--disable-default-apps", "--autoplay-policy=no-user-gesture-required"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(server, browser):
+    """A fresh page on the demo, recording every request it makes."""
+    url, info = server
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    requests: list[str] = []
+    pg.on("request", lambda r: requests.append(r.url))
+    t0 = time.perf_counter()
+    pg.goto(url)
+    pg.wait_for_selector("#generate-btn", state="visible")
+    info["metrics"].setdefault("page_load_s", round(time.perf_counter() - t0, 2))
+    yield pg
+    context.close()
+    offsite = [r for r in requests if not r.startswith(("data:", "blob:")) and not r.startswith(url.rstrip("/"))]
+    assert requests and not offsite, f"requests that left the loopback server: {offsite[:10]}"
+
+
+def _box(page, module: str):
+    return page.locator(f"#cot-{module} textarea")
+
+
+def test_browser_upload_edit_generate_play(server, page, tmp_path: Path) -> None:
+    import av
+
+    url, info = server
+    page.set_input_files("#video-in input[type=file]", str(EXAMPLE))
+    page.wait_for_function("document.querySelector('#cot-semantic textarea').value.length > 0", timeout=60_000)
+    assert "CoT planned by 'offline'" in page.inner_text("#status")
+    assert _box(page, "temporal").input_value()  # all four modules filled by the planner
+    _box(page, "semantic").fill(EDITED)
+
+    t0 = time.perf_counter()
+    page.click("#generate-btn")
+    page.wait_for_function("() => { const v = document.querySelector('#video-out video');"
+                           " return v && v.currentSrc && v.readyState >= 3; }", timeout=120_000)
+    info["metrics"]["click_to_playable_s"] = round(time.perf_counter() - t0, 2)
+    assert "generated 4.00 s of stereo sound" in page.inner_text("#status")
+
+    start = page.evaluate("() => { const v = document.querySelector('#video-out video'); v.muted = true;"
+                          " v.play(); return v.currentTime; }")
+    page.wait_for_function(f"document.querySelector('#video-out video').currentTime > {start} + 0.3", timeout=20_000)
+    assert page.evaluate("document.querySelector('#video-out video').duration") == pytest.approx(4.0, abs=0.1)
+
+    src = page.evaluate("document.querySelector('#video-out video').currentSrc")
+    assert src.startswith(url.rstrip("/"))
+    served = tmp_path / "served.mp4"
+    served.write_bytes(urllib.request.urlopen(src, timeout=30).read())
+    with av.open(str(served)) as c:
+        audio = c.streams.audio[0]
+        assert audio.codec_context.channels == 2
+        assert float(audio.duration * audio.time_base) == pytest.approx(4.0, abs=0.05)
+        assert c.streams.video  # the clip itself, with its new soundtrack
+
+    links = {a.split("/")[-1]: a for a in page.eval_on_selector_all("#downloads a", "els => els.map(e => e.href)")}
+    assert {"example.wav", "example.mp4", "example.cot.json"} <= set(links), links
+    cot = json.loads(urllib.request.urlopen(links["example.cot.json"], timeout=30).read())
+    assert cot["semantic"] == EDITED  # the edited box is what the sound was conditioned on
+    assert page.locator("#spec-out img").count() == 1
+
+    shot = Path(os.environ.get("PRISMAUDIO_WEB_SCREENSHOT") or tmp_path / "demo.png")
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+
+
+def test_browser_refuses_oversized_and_non_video(server, page, tmp_path: Path) -> None:
+    big = tmp_path / "big.mp4"
+    big.write_bytes(os.urandom(int(1.5 * MB)))  # the server runs with --max-upload-mb 1
+    page.set_input_files("#video-in input[type=file]", str(big))
+    page.get_by_text("exceed the maximum allowed size").wait_for(timeout=20_000)
+    assert not list(server[1]["tmp"].rglob("big.mp4"))  # never stored
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(os.urandom(3000))
+    page.set_input_files("#video-in input[type=file]", str(junk))
+    page.wait_for_function("document.querySelector('#status').innerText.includes('junk.mp4')", timeout=20_000)
+    assert "junk.mp4 is not a readable video" in page.inner_text("#status")
+    assert _box(page, "semantic").input_value() == ""  # nothing was planned
+
+
+def test_browser_compare_two_seeds(server, page) -> None:
+    page.click("#example-btn")
+    page.wait_for_function("document.querySelector('#cot-semantic textarea').value.length > 0", timeout=60_000)
+    page.locator("#steps input[type=number]").fill("4")
+    page.locator("#steps input[type=number]").press("Enter")
+    page.get_by_role("tab", name="Compare").click()
+    page.click("#compare-btn")
+    page.wait_for_function("() => ['#video-a', '#video-b'].every(s => { const v = document.querySelector(s + ' video');"
+                           " return v && v.currentSrc; })", timeout=120_000)
+    srcs = page.eval_on_selector_all("#video-a video, #video-b video", "els => els.map(e => e.currentSrc)")
+    assert len(set(srcs)) == 2
+    assert "A and B generated" in page.inner_text("#status")
