@@ -73,15 +73,23 @@ def test_crw_registered_and_missing_path(tmp_path):
 
 
 def test_crw_round_trip_torch_layout(crw, crw_ckpt, tmp_path):
-    """A .pt under "state_dict" with DataParallel "module." prefixes and torchaudio's `trans.window`
-    loads to the very same network as the safetensors file."""
+    """The release layout (a .pth.tar {'epoch', 'state_dict'} with DataParallel "module." prefixes and
+    torchaudio's `trans.window`) loads to the very same network as the safetensors file; an export without
+    the (deterministic Hann) window buffer loads too, and the window in the file is the one used."""
     _, sd = crw_ckpt
-    wrapped = {"state_dict": {f"module.{k}": v for k, v in sd.items()} | {"module.trans.window": torch.ones(256)}}
+    assert "trans.window" in sd
+    wrapped = {"epoch": 1, "state_dict": {f"module.{k}": v for k, v in sd.items()}}
     pt = tmp_path / "crw.pth.tar"
     torch.save(wrapped, pt)
     other = StereoCRW(str(pt), **CRW_CFG)
     x = torch.randn(2, 4352, generator=torch.Generator().manual_seed(3))
     assert torch.equal(crw.itd_track(x, SR), other.itd_track(x, SR))
+    save_file({k: v for k, v in sd.items() if k != "trans.window"}, str(tmp_path / "nowin.safetensors"))
+    assert torch.equal(StereoCRW(str(tmp_path / "nowin.safetensors"), **CRW_CFG).itd_track(x, SR),
+                       crw.itd_track(x, SR))
+    wrapped["state_dict"]["module.trans.window"] = torch.ones_like(sd["trans.window"])
+    torch.save(wrapped, pt)
+    assert not torch.equal(StereoCRW(str(pt), **CRW_CFG).itd_track(x, SR), crw.itd_track(x, SR))
 
 
 def test_crw_strict_keys(crw_ckpt, tmp_path):

@@ -141,23 +141,23 @@ class AudioboxAesthetics:
             if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
                 raise PrismAudioError(f"backend {NAME!r}: {p} has no state_dict; expected {_EXPECTED}")
             sd, cfg, target = ckpt["state_dict"], dict(ckpt.get("model_cfg") or {}), ckpt.get("target_transform")
+        if not all(isinstance(v, Tensor) for v in sd.values()):
+            raise PrismAudioError(f"backend {NAME!r}: {p}: state_dict holds non-tensor entries")
+        sd = {re.sub(r"^(model|encoder)\.", "", k): v for k, v in sd.items()}
+        if not any(k.startswith("wavlm_model.") for k in sd):
+            first = next(iter(sorted(sd)), "<none>")
+            raise PrismAudioError(f"backend {NAME!r}: {p} is not an Audiobox Aesthetics checkpoint: missing "
+                                  f"'model.wavlm_model.*' keys, unexpected {first!r}")
         if not isinstance(target, dict) or not all(
                 isinstance(target.get(a), dict) and {"mean", "std"} <= set(target[a]) for a in AXES):
             raise PrismAudioError(f"backend {NAME!r}: {p} lacks target_transform (mean/std for "
                                   f"{', '.join(AXES)}); expected {_EXPECTED}")
-        if not all(isinstance(v, Tensor) for v in sd.values()):
-            raise PrismAudioError(f"backend {NAME!r}: {p}: state_dict holds non-tensor entries")
-        sd = {re.sub(r"^(model|encoder)\.", "", k): v for k, v in sd.items()}
         return sd, cfg, target
 
     def _load(self) -> _AesModel:
         if self._model is not None:
             return self._model
         sd, cfg, target = self._read()
-        if not any(k.startswith("wavlm_model.") for k in sd):
-            first = next(iter(sorted(sd)), "<none>")
-            raise PrismAudioError(f"backend {NAME!r}: {self.path} is not an Audiobox Aesthetics checkpoint: "
-                                  f"missing 'wavlm_model.*' (first key {first!r})")
         wav_sd = {k[len("wavlm_model."):]: v for k, v in sd.items() if k.startswith("wavlm_model.")}
         wcfg = WavLMConfig.from_state_dict(wav_sd, self.strides, self.max_distance,
                                            where=f"backend {NAME!r}: {self.path}")
@@ -202,7 +202,10 @@ class AudioboxAesthetics:
 
     def score(self, audio: Tensor, sr: int, clamp: bool | None = None) -> dict[str, Tensor]:
         """Per-clip axes [B] (float32): window-weighted mean of ``pred * std + mean``."""
-        preds, valid = self.window_predictions(audio, sr)
+        return self.combine(*self.window_predictions(audio, sr), clamp=clamp)
+
+    def combine(self, preds: Tensor, valid: Tensor, clamp: bool | None = None) -> dict[str, Tensor]:
+        """`window_predictions` -> per-clip axes: inverse target transform, then weights = valid / window."""
         weights = valid.float() / self.window
         out = {}
         for i, a in enumerate(AXES):

@@ -1,40 +1,42 @@
-"""`stereocrw` (role ``crw``): StereoCRW interaural-time-difference track, BEWO evaluation protocol.
+"""`stereocrw` (role ``crw``): StereoCRW interaural time differences, the BEWO metric and the official reward.
 
-What follows the official code (IFICL/stereocrw, read for this module; BEWO's `itdpredict` wrapper):
-  * the network is `WaveNet` with the "resnet9" backbone: a torchvision-style ResNet with one
-    BasicBlock per stage (widths 64/128/256/512), a 2-channel 7x7/2 stem (real and imaginary STFT
-    parts), max-pool, global average pool and `fc` to `feat_dim` = 128 (`stereocrw_binaural` params);
-  * each "time step" is one patch of 3840 samples (0.24 s at 16 kHz) taken with stride 1; its STFT
-    uses n_fft 256, a 256-sample periodic Hann window, hop 3840 // 128 = 30, centred with reflect
-    padding (torchaudio `Spectrogram` defaults), and the last time frame and last frequency bin are
-    dropped -> a [2, 128, 128] image (time x frequency);
-  * features are L2-normalised, the left->right affinity is L . R^T / tau (tau = 0.05), each row is
-    restricted to lags |j - i| <= floor(16000 * 1.5 ms) = 24, soft-maxed, and the ITD of row i is
-    sum_j w_ij (j - i) / fs ("soft_weight"; "argmax" is the official alternative); rows closer than
-    24 to either end are dropped and the window's ITD is the mean of the remaining rows (mode "mean").
-    With delay (j - i) the ITD is POSITIVE WHEN THE LEFT CHANNEL LEADS, as in `spatial.itd_track_bewo`.
-  * BEWO protocol (reference doc): 16 kHz, 100 windows of 4352 = 3840 + 512 samples centred on
-    t = i/10 s and clamped like `bewo_window_starts` -> 513 patches per channel and window; MSE as
-    `gcc_mse_bewo` (per-file mean ITD, squared difference, mean over files, x1000).
+The network (IFICL/stereocrw `WaveNet`, backbone "resnet9"; checked against the upstream fixture
+`shared/reference/upstream_fixtures/stereocrw`): each patch's STFT (torchaudio `Spectrogram`: n_fft 256,
+periodic Hann 256 = the checkpoint's `trans.window`, hop = patch // 128, centred, reflect padding,
+power None) as a real/imag image (time x frequency) with the last frame and bin dropped -> 128 x 128;
+a torchvision ResNet with one BasicBlock per stage (64/128/256/512), a 2-channel 7x7/2 stem, max-pool,
+global average pool, `fc` to 128. ITDs from the left->right affinity of L2-normalised features / tau
+(0.05), each row masked to lags |j - i| <= floor(16000 * 1.5 ms) = 24, soft-maxed, ITD_i =
+sum_j p_ij (j - i) / 16000 s (POSITIVE WHEN THE LEFT CHANNEL LEADS), the first and last 24 rows dropped.
 
-Assumptions (not verified against a released checkpoint):
-  * state-dict layout: the WaveNet module's own keys, i.e. ``net.<torchvision resnet keys>``
-    (``net.conv1.weight``, ``net.layer2.0.downsample.1.running_var``, ``net.fc.bias`` ...), optionally
-    under "state_dict"/"model" and prefixed "module." (DataParallel). ``trans.window`` (the torchaudio
-    Spectrogram buffer) is accepted and ignored. Everything else must match exactly (strict).
-  * the CRW patch length: 3840 samples (0.24 s, the `clip=0.24` of StereoCRW's demo/eval scripts and
-    the reference doc's frame length). BEWO's reward wrapper config (`get_config`) sets clip_length=6,
-    overridden by its data loader in ways not traced here.
-  * a window in which either channel is digitally silent is NaN (like the GCC track), not the value
-    a network would give for zeros; NaN windows are skipped by the per-file mean.
-Deviations: the band mask is applied directly (the official code multiplies by a 0/1 mask and treats
-an affinity of exactly 0 as masked too); affinities are computed in float64; windows repeated by the
-clamping are computed once. `n_fft`/`win_length`/`hop_length`/`width`/`feat_dim` exist so tests can
-build tiny nets; the defaults are the official ones.
+Two protocols share the network and weights:
+
+| | BEWO metric (`itd_track`, `crw_mse`) | official PrismAudio ITD reward (`official_itd`, `official_itd_reward`) |
+|---|---|---|
+| audio | 16 kHz (project resampler), 100 windows of 4352 samples centred on t = i/10 s | ONE clip per file: the first int(1.2 * 6 s * rate) samples (a shorter file is tiled), `scipy.signal.resample` (FFT) to 16 kHz, the first 96000 + 511 samples (`official_itd_clip`) |
+| patches | 513 of 3840 samples (0.24 s), hop 30 | 512 of 96000 samples (6 s), hop 750 |
+| ITD | soft-weighted lag per row, mean over rows, mean over the 100 windows | the same per row (464 rows), mean in ms; plus GCC-PHAT: 512 windows of 3840 (step 181), FFT 7680, +/-24 lags, mean in ms |
+| score | MSE of per-file means vs the reference folder, x1000 | -(5 (crw_gen - crw_gt)^2 / 2 + 5 (gcc_gen - gcc_gt)^2) / 2 against the ground-truth stereo |
+
+Upstream defect, not reproduced: the official reward builds the WaveNet but never loads its checkpoint
+(`args.resume` is unused), so it scores with torchvision's unseeded random init. Ours always loads the weights.
+
+Weights: the release `FreeMusic-StereoCRW-1024.pth.tar` as downloaded (``{'epoch': int, 'state_dict':
+{'module.<WaveNet key>': tensor}}``: only tensors and an int, so ``torch.load(weights_only=True)`` reads it;
+a file that pickles other objects is refused in one line, never unpickled), or a `.safetensors` export of the
+same keys (``net.<torchvision resnet keys>``, ``trans.window``), optionally under "state_dict"/"model" and
+prefixed "module.". Strict: a missing or unexpected key is one error naming the file and the keys.
+
+BEWO metric specifics: a window in which either channel is digitally silent is NaN (like the GCC track), skipped
+by the per-file mean; the affinity is computed in float64 and the band mask applied directly (the official code
+multiplies by a 0/1 mask and treats an affinity of exactly 0 as masked too, which the reward path reproduces).
+`n_fft`/`win_length`/`hop_length`/`width`/`feat_dim` exist so tests can build tiny nets.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -58,7 +60,6 @@ from ._common import load_state_dict, load_strict, require_path
 
 _EXPECTED = ("a local StereoCRW WaveNet/resnet9 checkpoint (e.g. FreeMusic-StereoCRW-1024.pth.tar, or a "
              ".safetensors export) with keys net.<torchvision resnet keys>")
-_IGNORED_KEYS = ("trans.window",)  # torchaudio Spectrogram buffer of the official WaveNet: a Hann window
 
 
 # --------------------------------------------------------------------------------------------------
@@ -104,6 +105,14 @@ class ResNet9(nn.Module):
         return self.fc(x.mean(dim=(-2, -1)))
 
 
+class _Spectrogram(nn.Module):
+    """torchaudio `Spectrogram(power=None)`'s state: the periodic Hann window (key `trans.window`)."""
+
+    def __init__(self, win_length: int) -> None:
+        super().__init__()
+        self.register_buffer("window", torch.hann_window(win_length))
+
+
 class StereoCRWNet(nn.Module):
     """Audio patches [N, L] -> features [N, feat_dim] (STFT real/imag image -> ResNet-9)."""
 
@@ -111,14 +120,17 @@ class StereoCRWNet(nn.Module):
                  hop_length: int = BEWO_FRAME // 128) -> None:
         super().__init__()
         self.n_fft, self.win_length, self.hop_length = n_fft, win_length, hop_length
+        self.trans = _Spectrogram(win_length)
         self.net = ResNet9(2, width, feat_dim)
-        self.register_buffer("window", torch.hann_window(win_length), persistent=False)
 
-    def forward(self, patches: Tensor) -> Tensor:
-        spec = torch.stft(patches, self.n_fft, self.hop_length, self.win_length, self.window, center=True,
-                          pad_mode="reflect", return_complex=True)  # [N, F, T]
-        img = torch.view_as_real(spec).permute(0, 3, 2, 1)[..., :-1, :-1]  # [N, 2, T-1, F-1]
-        return self.net(img.contiguous())
+    def image(self, patches: Tensor, hop_length: int | None = None) -> Tensor:
+        """[N, L] -> STFT image [N, 2 (real, imag), T - 1, F - 1] (last frame and bin dropped, as upstream)."""
+        spec = torch.stft(patches, self.n_fft, hop_length or self.hop_length, self.win_length, self.trans.window,
+                          center=True, pad_mode="reflect", return_complex=True)  # [N, F, T]
+        return torch.view_as_real(spec).permute(0, 3, 2, 1)[..., :-1, :-1]
+
+    def forward(self, patches: Tensor, hop_length: int | None = None) -> Tensor:
+        return self.net(self.image(patches, hop_length).contiguous())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -148,7 +160,8 @@ class StereoCRW:
         if self._net is None:
             net = StereoCRWNet(**self._arch)
             sd = {k.removeprefix("module."): v for k, v in load_state_dict(self.path, "stereocrw", _EXPECTED).items()}
-            load_strict(net, {k: v for k, v in sd.items() if k not in _IGNORED_KEYS}, "stereocrw", self.path)
+            sd.setdefault("trans.window", net.trans.window.clone())  # a deterministic buffer: exports may omit it
+            load_strict(net, sd, "stereocrw", self.path)
             self._net = net.eval().requires_grad_(False).to(self.device)
         return self._net
 
@@ -217,3 +230,139 @@ class StereoCRW:
             return value
         return {"mode": "bewo", "crw_mse": value, "ref_mean_itd_s": ref_m, "gen_mean_itd_s": gen_m,
                 "skipped": skipped, "reason": None if ok.any() else "no clip pair with a finite ITD"}
+
+    # ---------------------------------------------------------------------------------- official reward
+    @torch.no_grad()
+    def reward_features(self, clip: Tensor, cfg: ITDRewardConfig | None = None,
+                        patches: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Clip(s) [2, T] | [B, 2, T] from `official_itd_clip` -> (left, right) features [B, P, D] float32
+        of the reward's patches (hop = patch // 128); ``patches`` selects patch indices (tests)."""
+        cfg = cfg or ITDRewardConfig()
+        x = clip[None] if clip.dim() == 2 else clip
+        if x.dim() != 3 or x.shape[1] != 2 or x.shape[-1] < cfg.total_samples:
+            raise PrismAudioError(f"backend 'stereocrw': reward clips must be [B, 2, >= {cfg.total_samples}], "
+                                  f"got {tuple(clip.shape)} (use official_itd_clip)")
+        units = x[..., : cfg.total_samples].float().to(self.device).unfold(-1, cfg.patch_samples, cfg.patch_stride)
+        if patches is not None:
+            units = units[:, :, patches.to(units.device)]
+        b, _, p, n = units.shape
+        flat = units.reshape(b * 2 * p, n)
+        step = max(1, self.batch_patches // 16)  # 6 s patches: bound the STFT buffers
+        feats = torch.cat([self.net(c, cfg.hop_length) for c in flat.split(step)]).view(b, 2, p, -1).cpu()
+        return feats[:, 0], feats[:, 1]
+
+    def official_itd(self, audio: Any, sr: int, cfg: ITDRewardConfig | None = None) -> dict[str, Tensor]:
+        """The official reward's per-file ITDs of one file ([2, S] at `sr`): ``crw_itd_ms``, ``gcc_itd_ms``
+        (float64 scalars) and ``crw_itd_per_patch`` (seconds)."""
+        cfg = cfg or ITDRewardConfig()
+        clip = official_itd_clip(audio, sr, cfg)
+        rows = crw_itd_rows(*self.reward_features(clip, cfg), cfg)[0]
+        return {"crw_itd_ms": rows.mean().double() * 1000, "gcc_itd_ms": gcc_phat_itd_ms(clip, cfg),
+                "crw_itd_per_patch": rows}
+
+
+@dataclass(frozen=True)
+class ITDRewardConfig:
+    """The official ITD reward's settings (`stereocrw_binaural` params after the reward's `update_param`)."""
+
+    samp_sr: int = 16_000
+    clip_length: float = 6.0
+    patch_num: int = 512
+    patch_stride: int = 1
+    max_delay: float = 0.0015
+    tau: float = 0.05
+    gcc_fft: int = 3840
+    read_ratio: float = 1.2
+    mse_weight: float = 5.0
+    band_mask_fill: float = -1e20
+    gcc_eps: float = 1e-20
+
+    @property
+    def patch_samples(self) -> int:
+        return int(self.clip_length * self.samp_sr)
+
+    @property
+    def total_samples(self) -> int:
+        return self.patch_samples + self.patch_stride * (self.patch_num - 1)
+
+    @property
+    def hop_length(self) -> int:
+        return self.patch_samples // 128
+
+    @property
+    def max_delay_offset(self) -> int:
+        return math.floor(self.samp_sr * self.max_delay / self.patch_stride)
+
+    @property
+    def gcc_step(self) -> int:
+        return (self.total_samples - self.gcc_fft) // (self.patch_num - 1)
+
+    @property
+    def gcc_max_shift(self) -> int:
+        return int(self.samp_sr * self.max_delay)
+
+    def read_stop(self, rate: int) -> int:
+        """Samples read from a file at `rate`: int(ratio * clip_length * rate), ratio 2 below 0.48 s clips."""
+        return int((2 if self.clip_length < 0.48 else self.read_ratio) * self.clip_length * rate)
+
+
+def official_itd_clip(audio: Any, sr: int, cfg: ITDRewardConfig | None = None) -> Tensor:
+    """One file's clip exactly as the official ITD reward reads it: stereo [2, S] at `sr` -> float32
+    [2, 96511] at 16 kHz (the first int(1.2 * 6 * sr) samples, a shorter file tiled whole and cut, FFT-resampled
+    with `scipy.signal.resample` in float64 to int(n / sr * 16000) samples, then the first 96000 + 511)."""
+    from scipy.signal import resample as fft_resample
+
+    cfg = cfg or ITDRewardConfig()
+    if isinstance(sr, bool) or not isinstance(sr, (int, np.integer)) or sr <= 0:
+        raise PrismAudioError(f"official_itd_clip: sample rate must be a positive integer, got {sr!r}")
+    x = audio.detach().cpu().double().numpy() if isinstance(audio, Tensor) else np.asarray(audio, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] != 2 or x.shape[1] == 0:
+        raise PrismAudioError(f"official_itd_clip: the ITD reward needs stereo audio [2, S], got shape {x.shape}")
+    stop = cfg.read_stop(int(sr))
+    if x.shape[1] < stop:
+        x = np.tile(x, (1, math.ceil(stop / x.shape[1])))
+    x = x[:, :stop]
+    if int(sr) != cfg.samp_sr:
+        x = fft_resample(x, int(x.shape[1] / int(sr) * cfg.samp_sr), axis=1)
+    return torch.from_numpy(np.ascontiguousarray(x[:, : cfg.total_samples])).float()
+
+
+def crw_itd_rows(feat_left: Tensor, feat_right: Tensor, cfg: ITDRewardConfig | None = None) -> Tensor:
+    """Per-patch ITDs (s) [B, P - 2m] from reward features [B, P, D], as `inference_crw_itd_simple`: affinity
+    L.R^T / tau of L2-normalised features, times the |i - j| <= m band, zeros -> -1e20, softmax, soft lag."""
+    cfg = cfg or ITDRewardConfig()
+    fl = nn.functional.normalize(feat_left.float(), p=2, dim=-1)
+    fr = nn.functional.normalize(feat_right.float(), p=2, dim=-1)
+    aff = fl @ fr.transpose(-1, -2) / cfg.tau
+    p, m = aff.shape[-1], cfg.max_delay_offset
+    lag = torch.arange(p)[None, :] - torch.arange(p)[:, None]  # j - i
+    aff = aff * (lag.abs() <= m).to(aff.dtype)
+    aff = aff.masked_fill(aff == 0, cfg.band_mask_fill)
+    delay = (lag * cfg.patch_stride).to(aff.dtype) / cfg.samp_sr
+    itd = (torch.softmax(aff, dim=-1) * delay).sum(-1)
+    return itd[..., m: p - m]
+
+
+def gcc_phat_itd_ms(clip: Tensor, cfg: ITDRewardConfig | None = None) -> Tensor:
+    """The reward's GCC-PHAT baseline (ms, float64) of one clip [2, T]: `patch_num` windows of `gcc_fft` samples
+    every `gcc_step`, cross-spectrum over n = 2 * gcc_fft, PHAT weighting, lags within +/- max shift,
+    argmax |cc| (first on ties), itd = -shift / fs, mean over windows."""
+    cfg = cfg or ITDRewardConfig()
+    x = clip.double()
+    starts = torch.arange(cfg.patch_num) * cfg.gcc_step
+    idx = starts[:, None] + torch.arange(cfg.gcc_fft)[None]
+    n, ms = 2 * cfg.gcc_fft, cfg.gcc_max_shift
+    r = torch.fft.rfft(x[0, idx], n=n) * torch.fft.rfft(x[1, idx], n=n).conj()
+    cc = torch.fft.irfft(r / (r.abs() + cfg.gcc_eps), n=n)
+    cc = torch.cat([cc[:, -ms:], cc[:, : ms + 1]], dim=-1)
+    shift = cc.abs().argmax(-1) - ms
+    return (-shift.double() / cfg.samp_sr).mean() * 1000
+
+
+def official_itd_reward(gen: dict[str, Tensor], gt: dict[str, Tensor], cfg: ITDRewardConfig | None = None) -> Tensor:
+    """The official ITD reward ('mse' mode) of a generated file against its ground truth, from two
+    `StereoCRW.official_itd` results: -(w (crw_gen - crw_gt)^2 / 2 + w (gcc_gen - gcc_gt)^2) / 2 on ms values."""
+    w = (cfg or ITDRewardConfig()).mse_weight
+    d_crw = torch.as_tensor(gen["crw_itd_ms"], dtype=torch.float64) - torch.as_tensor(gt["crw_itd_ms"], dtype=torch.float64)
+    d_gcc = torch.as_tensor(gen["gcc_itd_ms"], dtype=torch.float64) - torch.as_tensor(gt["gcc_itd_ms"], dtype=torch.float64)
+    return -(w * d_crw ** 2 / 2 + w * d_gcc ** 2) / 2
