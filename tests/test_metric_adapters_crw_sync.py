@@ -14,6 +14,7 @@ from prismaudio.errors import PrismAudioError
 from prismaudio.metrics.adapters.desync import (
     OFFSET_GRID,
     LogMel,
+    SyncProtocol,
     SynchformerDesync,
     SynchformerNet,
     mel_filterbank,
@@ -23,8 +24,11 @@ from prismaudio.metrics.backends import backend_role, build_backend
 
 # tiny configs: the protocol (513 patches of 3840 samples, 14 segments, 21 classes) stays, the nets shrink
 CRW_CFG = {"feat_dim": 8, "width": 4, "n_fft": 16, "win_length": 16, "hop_length": 480}
-SYNC_CFG = {"dim": 32, "depth": 1, "heads": 2, "size": 32, "patch_size": 16, "sync_dim": 32, "sync_depth": 1,
-            "sync_heads": 2}
+SYNC_CFG = {"dim": 32, "depth": 1, "heads": 2, "mlp_hidden": 64, "agg_hidden": 64, "size": 32, "ast_dim": 24,
+            "ast_depth": 1, "ast_heads": 2, "ast_hidden": 48, "ast_agg_hidden": 40, "sync_dim": 16, "sync_depth": 1,
+            "sync_heads": 2, "sync_hidden": 32}
+SYNC_HEADS = {"heads": 2, "ast_heads": 2, "sync_heads": 2}
+TINY = SyncProtocol("tiny", resize=32, crop=32, seconds=None)  # the av-benchmark protocol at the tiny net's 32 px
 SR = 16000
 
 
@@ -53,7 +57,7 @@ def sync_ckpt(tmp_path_factory) -> tuple[Path, dict]:
 
 @pytest.fixture(scope="module")
 def sync(sync_ckpt) -> SynchformerDesync:
-    return SynchformerDesync(str(sync_ckpt[0]), **SYNC_CFG)
+    return SynchformerDesync(str(sync_ckpt[0]), protocol=TINY, **SYNC_HEADS)
 
 
 def _delayed(d: int, n: int = 4352, seed: int = 0) -> torch.Tensor:
@@ -156,10 +160,10 @@ def test_logmel_contract():
     assert fb.shape == (513, 128) and (fb >= 0).all()
     tone = torch.sin(2 * math.pi * 1000 * torch.arange(10240) / SR)[None]
     spec = LogMel()(tone)
-    assert spec.shape == (1, 66, 128)
+    assert spec.shape == (1, 128, 66)  # upstream layout: mel x time
     freq = torch.linspace(0, SR // 2, 513)
-    assert int(spec[0, 30].argmax()) == int(fb[(freq - 1000).abs().argmin()].argmax())
-    assert torch.all(spec[0, 65] == (0 - (-4.2677393)) / (2 * 4.5689974))  # zero-padded 66th frame
+    assert int(spec[0, :, 30].argmax()) == int(fb[(freq - 1000).abs().argmin()].argmax())
+    assert torch.all(spec[0, :, 65] == (0 - (-4.2677393)) / (2 * 4.5689974))  # zero-padded AFTER the log
 
 
 def test_desync_registered_and_missing_path(tmp_path):
@@ -170,15 +174,27 @@ def test_desync_registered_and_missing_path(tmp_path):
         SynchformerDesync(str(tmp_path / "missing.pt"))
 
 
-def test_desync_strict_keys(sync_ckpt, tmp_path):
-    _, sd = sync_ckpt
-    bad = {k: v for k, v in sd.items() if not k.startswith("transformer.off_head")}
-    bad["transformer.head.weight"] = torch.zeros(21, 32)
-    path = tmp_path / "bad.safetensors"
-    save_file(bad, str(path))
+def test_desync_sizes_from_tensors_and_strict_keys(sync_ckpt, tmp_path):
+    """Every size comes from the tensors (the tiny widths differ per branch); a declared size that the file
+    contradicts, a missing and an unexpected key are each one line naming the file and the key."""
+    path, sd = sync_ckpt
+    cfg = SynchformerDesync(str(path), protocol=TINY, **SYNC_HEADS).net.cfg
+    assert {k: getattr(cfg, k) for k in SYNC_CFG} == SYNC_CFG and cfg.window_segments == 14
+    with pytest.raises(PrismAudioError, match=r"dim=768 configured, 32 in the file"):
+        _ = SynchformerDesync(str(path), protocol=TINY, dim=768, **SYNC_HEADS).net
+    bad = {k: v for k, v in sd.items() if k != "transformer.off_head.bias"}
+    bad["transformer.head.weight"] = torch.zeros(21, 16)
+    bad_path = tmp_path / "bad.safetensors"
+    save_file(bad, str(bad_path))
     with pytest.raises(PrismAudioError) as err:
-        _ = SynchformerDesync(str(path), **SYNC_CFG).net
-    assert "transformer.off_head.bias" in str(err.value) and "transformer.head.weight" in str(err.value)
+        _ = SynchformerDesync(str(bad_path), protocol=TINY, **SYNC_HEADS).net
+    msg = str(err.value)
+    assert str(bad_path) in msg and "transformer.off_head.bias" in msg and "transformer.head.weight" in msg
+    assert "\n" not in msg
+    with pytest.raises(PrismAudioError, match="crops 224"):  # a 32 px model under the 224 px protocol
+        _ = SynchformerDesync(str(path), **SYNC_HEADS).net
+    with pytest.raises(PrismAudioError, match="unknown protocol"):
+        SynchformerDesync(str(path), protocol="nope")
 
 
 def test_desync_4s_clip_round_trip(sync, sync_ckpt, tmp_path):
@@ -193,8 +209,10 @@ def test_desync_4s_clip_round_trip(sync, sync_ckpt, tmp_path):
     as_float = frames[1:].permute(0, 1, 4, 2, 3).float() / 255
     torch.testing.assert_close(sync.logits(as_float, audio[1:], SR), logits[1:])
     pt = tmp_path / "sync.pt"
-    torch.save({"model": sync_ckpt[1]}, pt)
-    assert torch.equal(SynchformerDesync(str(pt), **SYNC_CFG).logits(frames[:1], audio[:1], SR), logits[:1])
+    torch.save({"model": sync_ckpt[1], "epoch": 3}, pt)
+    assert torch.equal(SynchformerDesync(str(pt), protocol=TINY, **SYNC_HEADS).logits(frames[:1], audio[:1], SR),
+                       sync.logits(frames[:1], audio[:1], SR))
+    torch.testing.assert_close(sync.logits(frames[:1], audio[:1], SR), logits[:1])  # batching changes nothing
 
     off = sync.offsets(frames, audio, SR)
     assert off.shape == (2, 2)

@@ -1,6 +1,7 @@
-"""The `synchformer` encoder against the upstream fixtures (`synchformer_visual`, `synchformer_preprocess`,
-`synchformer_desync` visual features): every shape comes from the fixture tensors and every setting from its
-config.json, so the same tests hold for other fixtures of the same layout. Select with `pytest -k upstream`."""
+"""The `synchformer` encoder against the upstream fixtures (`synchformer_visual`, `synchformer_preprocess`; the
+DeSync model's `synchformer_desync` is tests/test_upstream_desync.py): every shape comes from the fixture tensors
+and every setting from its config.json, so the same tests hold for other fixtures of the same layout. Select with
+`pytest -k upstream`."""
 
 from __future__ import annotations
 
@@ -136,30 +137,6 @@ def test_upstream_synchformer_generation_path_on_native_uint8(shared_reference: 
         with torch.no_grad():
             expect = net(pre.contiguous()).reshape(1, -1, cfg["embed_dim"])
         assert _max_err(out, expect) <= _tol(expect, cfg["recommended_atol"])
-
-
-def test_upstream_synchformer_desync_visual_features(shared_reference: Path) -> None:
-    from prismaudio.metrics.adapters.desync import SynchformerDesync
-
-    d, cfg, inputs, outputs = _fixture(shared_reference, "synchformer_desync")
-    assert cfg["video_layout"] == "B,T,C,H,W"
-    backend = SynchformerDesync(str(d / cfg["weights_file"]), dim=cfg["embed_dim"], depth=cfg["vit_depth"],
-                                heads=cfg["vit_num_heads"], mlp_ratio=cfg["vit_mlp_ratio"],
-                                size=cfg["vit_image_size"], patch_size=cfg["vit_patch_size"],
-                                sync_dim=cfg["sync_n_embd"], sync_depth=cfg["sync_n_layer"],
-                                sync_heads=cfg["sync_n_head"])
-    f = int(cfg["video_nearest_upsample_factor"])
-    u8 = inputs[cfg["video_key"]].repeat_interleave(f, -1).repeat_interleave(f, -2)
-    video = (u8.float() - cfg["video_u8_offset"]) / cfg["video_u8_divisor"]
-    ref = outputs["vfeats"]
-    seg_len, step = cfg["video_segment_frames"], cfg["video_segment_step"]
-    feats = []
-    with torch.no_grad():
-        for clip in video:
-            seg = clip.unfold(0, seg_len, step).permute(0, 1, 4, 2, 3)  # (S, C, T, H, W)
-            assert seg.shape[0] == cfg["num_video_segments"]
-            feats.append(torch.cat([backend.net.vfeat_extractor(c.contiguous()) for c in seg.split(4)]))
-    assert _max_err(torch.stack(feats), ref) <= _tol(ref, cfg["recommended_atol"]["vfeats"])
 
 
 def _tiny_file(d: Path, cfg: dict[str, Any], tmp: Path, edit: str) -> tuple[Path, str]:

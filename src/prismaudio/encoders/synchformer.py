@@ -73,13 +73,20 @@ def center_crop(frames: Tensor, size: int) -> Tensor:
     return frames[..., top : top + size, left : left + size]
 
 
-def preprocess_frames(frames: Tensor, size: int = 224) -> Tensor:
-    """uint8 [N, 3, H, W] (RGB) -> float32 [N, 3, size, size] in [-1, 1], equal to the official sync_transform."""
+def preprocess_frames(frames: Tensor, size: int = 224, resize: int | None = None) -> Tensor:
+    """uint8 [N, 3, H, W] (RGB) -> float32 [N, 3, size, size] in [-1, 1], equal to the official sync_transform.
+
+    The shorter side is first resized to `resize` (default `size`: av-benchmark / the official
+    extraction); the official sync REWARD resizes to 256 and crops 224 (`resize=256, size=224`).
+    """
     if frames.dtype != torch.uint8:
         raise PrismAudioError(f"synchformer preprocessing takes uint8 frames, got {frames.dtype}")
     if min(frames.shape[-2:]) == 0:
         raise PrismAudioError(f"synchformer: empty frames {tuple(frames.shape)}")
-    x = center_crop(resize_shorter_uint8(frames, size), size)
+    resize = size if resize is None else resize
+    if resize < size:
+        raise PrismAudioError(f"synchformer: cannot crop {size} px out of frames resized to {resize} px")
+    x = center_crop(resize_shorter_uint8(frames, resize), size)
     return (x.to(torch.float32) * (1.0 / 255.0) - 0.5) / 0.5
 
 

@@ -1,294 +1,171 @@
-"""`synchformer_desync` (role ``desync``): Synchformer audio-visual offset classifier, av-benchmark DeSync.
+"""`synchformer_desync` (role ``desync``): Synchformer audio-visual offsets, av-benchmark's DeSync, and the
+official PrismAudio sync reward, from the released checkpoints.
 
-Pipeline (av-benchmark protocol, reference doc): video at 25 fps, torchvision v2 Resize(224, bicubic,
-antialias, on uint8) + CenterCrop(224) + (x/255 - 0.5) / 0.5 (`encoders.synchformer.preprocess_frames`),
-segments of 16 frames step 8 -> `SyncVisualBranch` (the upstream MotionFormer, shared with the
-`synchformer` encoder; 8 tokens per segment); audio mixed to mono at 16 kHz, segments of 10240 samples step 5120, each a
-log-mel spectrogram (128 mels, n_fft 1024, win 400, hop 160, power 2, HTK mel scale without
-normalisation as torchaudio's defaults; log(x + 1e-6); zero-padded/trimmed to 66 frames;
-(x + 4.2677393) / (2 * 4.5689974)) -> AST branch (6 tokens per segment); the sync transformer reads
-[OFF ; 14 x 8 visual ; MOD ; 14 x 6 audio] tokens and predicts one of 21 offsets -2..+2 s (step 0.2).
-`offsets` gives the offset of the first and of the last 14 segments; `desync` is their mean |offset|.
-Inputs: frames [B, T, 3, H, W] uint8 or float in [0, 1] (quantised to uint8: round(x * 255)), or uint8
-[B, T, H, W, 3], at 25 fps; audio a tensor
-[B, C, S] or [C, S] at any rate (mixed down and resampled here).
+Two input protocols, one network (`PROTOCOLS`, selectable by name: ``protocol=`` of the backend):
 
-What follows the official code (v-iashin/Synchformer `sync_model.py`, `transformer.py`, `ast.py`,
-`motionformer.py`, `configs/sync.yaml`, read for this module), keys included:
-  * ``transformer.*`` = `GlobalTransformer`: ``vis_in_lnorm``, ``aud_in_lnorm``, ``OFF_tok``,
-    ``MOD_tok``, ``pos_emb_cfg.pos_emb`` [1, 198, D] (RandInitPositionalEncoding over the whole
-    sequence), ``blocks.{i}.{ln1,ln2}``, ``blocks.{i}.attn.{key,query,value,proj}``,
-    ``blocks.{i}.mlp.{0,2}`` (GELU MLP x4), ``ln_f``, ``off_head`` (Linear D -> 21, on the OFF token);
-    3 layers, 8 heads, D = 768; ``vproj``/``aproj`` = Linear(768, D).
-  * ``afeat_extractor.freq_attn_agg.*`` = nn.TransformerEncoderLayer (norm_first, GELU, eps 1e-6,
-    batch_first) plus ``cls_token``, aggregating the 12 frequency patches of each time patch.
-  * ``afeat_extractor.ast.*`` = the Hugging Face `ASTModel` as patched in Synchformer's
-    `hf_src/modeling_ast.py` (read): ``embeddings.{cls_token,distillation_token,position_embeddings}``,
-    ``embeddings.patch_embeddings.projection`` (Conv2d 1 -> D, 16x16, strides 10/10 over the
-    (mel, time) image), ``encoder.layer.{i}.attention.attention.{query,key,value}``,
-    ``...attention.output.dense``, ``...intermediate.dense``, ``...output.dense``,
-    ``...layernorm_{before,after}`` (pre-norm, GELU), final ``layernorm``; 128 mels x 66 frames
-    -> 12 x 6 patches + CLS + distillation tokens (position embeddings cut to 74, as Synchformer
-    does). 12 layers, 12 heads, eps 1e-12 are the `ASTConfig` defaults (assumed, not re-read).
-Assumptions / our own:
-  * ``vfeat_extractor.*`` = `prismaudio.encoders.synchformer.SyncVisualBranch`, in the released
-    MotionFormer layout (checked against the upstream `synchformer_visual` / `synchformer_desync`
-    fixtures); the unused 2-D ``vfeat_extractor.patch_embed.proj.*`` of the release is dropped before
-    the strict load.
-  * the offset sign is Synchformer's class grid (assumed > 0: audio late); DeSync uses |offset| only.
-  * clips shorter than 14 segments (4.8 s) repeat their last segment's tokens up to 14 (then both
-    windows coincide: W = 2 equal values); clips shorter than one segment are padded (last frame
-    repeated / audio zero-padded). Video and audio segment counts are cut to the smaller one.
-  * the log-mel is our torch re-implementation of torchaudio's MelSpectrogram defaults (torchaudio is
-    not installed here, so not compared numerically); PadOrTruncate is assumed to pad zeros (after
-    the log). Frames are assumed to be at 25 fps already (not re-sampled here).
-  * the checkpoint may be a plain dict or under "state_dict"/"model" (the official wrapper key was
-    not checked).
+=====================  =========================================  ==========================================
+                       ``av_benchmark`` (the DeSync metric)       ``official_reward`` (PrismAudio GRPO)
+=====================  =========================================  ==========================================
+frames                 25 fps, FFmpeg ``fps`` filter, uint8 RGB    same
+spatial                shorter side -> 224 (v2 Resize, bicubic,   shorter side -> 256, centre crop 224
+                       antialias, uint8 kernel), centre crop 224  WITHOUT a further resize
+normalise              x * (1/255), then (x - 0.5) / 0.5          same
+audio                  mono (channel mean), 16 kHz                same
+                       (torchaudio ``transforms.Resample``)
+length                 ``desync_from_files``: the first           the first 9 s (225 frames, 144,000 samples)
+                       ``duration`` s (``--audio_length``, 8 s)
+segments               16 frames step 8 / 10240 samples step      same
+                       5120 -> [S, 8, D] / [S, 6, D]
+windows                first 14 and last 14 segments (4.8 s)      same (of the first 9 s)
+read-out               DeSync = mean over windows (and clips) of  reward = (2 - |offset|) / 4 per clip,
+                       |grid[argmax logits]|, grid -2..2 s / 0.2  |offset| = mean over the two windows
+=====================  =========================================  ==========================================
+
+The network, in the released key layout (`synchformer_state_dict.pth`; every size is read from the
+tensors, only the head counts are parameters; checked number for number against the upstream
+`synchformer_desync` fixture):
+
+* ``vfeat_extractor.*``: `prismaudio.encoders.synchformer.SyncVisualBranch` (the one MotionFormer
+  implementation, shared with the generation encoder); the unused 2-D ``patch_embed.proj.*`` is dropped.
+* ``afeat_extractor.ast.*``: the Hugging Face AST as Synchformer patches it (Conv2d 1 -> D, 16 x 16,
+  strides 10 over the (128 mel, 66 time) image -> 12 x 6 patches + CLS + distillation tokens, position table
+  cut to 74 rows, pre-norm layers, LayerNorm eps 1e-12, GELU), then ``afeat_extractor.freq_attn_agg``
+  (a learned CLS before the 12 frequency tokens of each time patch, one pre-norm GELU TransformerEncoderLayer,
+  eps 1e-6) -> 6 tokens per segment.
+* log-mel (torchaudio's ``MelSpectrogram`` defaults: hann periodic, centre reflect padding, power 2, HTK
+  mel scale, no filter norm; n_fft 1024, win 400, hop 160, 128 mels): log(x + 1e-6), zero-padded AFTER the
+  log to 66 frames, (x + 4.2677393) / (2 * 4.5689974).
+* ``vproj`` / ``aproj`` and ``transformer.*`` (GlobalTransformer): LayerNorm of each stream, sequence
+  [OFF ; 14 x 8 visual ; MOD ; 14 x 6 audio] + the learned 198-row position table (exactly 14 segments),
+  pre-norm blocks with separate key / query / value Linears and a GELU MLP, ``ln_f``, ``off_head`` on the
+  OFF token -> 21 logits.
+
+Checkpoints: a plain state dict (av-benchmark's ``synchformer_state_dict.pth``) or the experiment
+checkpoint ``{"model": state dict, ...}`` the official reward loads; both with ``torch.load(weights_only=True)``
+(or safetensors); a DataParallel ``module.`` prefix is stripped. A wrong model, a truncated file or a
+missing / unexpected / misshapen key is one `PrismAudioError` naming the file and the first such key.
+
+Where we differ from upstream, on purpose (upstream refuses these inputs or crashes):
+  * a clip with fewer than 14 segments (< 4.8 s) repeats the last segment's tokens up to 14 (both windows
+    then coincide); one shorter than one segment repeats its last frame / zero-pads its audio. av-benchmark
+    cannot score such clips (the position table needs exactly 14 segments).
+  * ``desync_from_files`` raises on a video or audio shorter than ``duration``: av-benchmark logs and skips
+    the video, and its audio loader silently substitutes the NEXT file's audio.
+Assumptions (the official reward code was not available here, only its documented settings): the reward's
+"short side 256" uses the same uint8 bicubic kernel as the metric's 224 resize; its 9 s of audio are cut
+after resampling to 16 kHz; it reads the same two 14-segment windows as av-benchmark.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ...encoders.synchformer import (
-    UNUSED_VISUAL,
-    VISUAL_PREFIX,
-    SyncVisualBranch,
-    preprocess_frames,
-    to_uint8,
-)
+from ...encoders.synchformer import preprocess_frames, to_uint8
 from ...errors import PrismAudioError
 from ..backends import register_backend
-from ._common import load_state_dict, load_strict, mono_at, require_path
-
-SR = 16000
-SEG_FRAMES, SEG_FRAMES_STEP = 16, 8
-SEG_SAMPLES, SEG_SAMPLES_STEP = 10240, 5120
-N_MELS, N_FFT, WIN, HOP, SPEC_T = 128, 1024, 400, 160, 66
-AST_MEAN, AST_STD = -4.2677393, 4.5689974
-N_SEGMENTS = 14
-OFFSET_GRID = torch.linspace(-2.0, 2.0, 21)
-_EXPECTED = "a local Synchformer state dict in the released layout (synchformer_state_dict.pth, 24-01-04T16-39-21)"
-_UNUSED = tuple(VISUAL_PREFIX + k for k in UNUSED_VISUAL)  # the release's unused 2-D patch embedding
-
-
-def _box(**modules: nn.Module) -> nn.Module:
-    """A plain container, so attribute paths (and state-dict keys) follow the official nesting."""
-    box = nn.Module()
-    for name, mod in modules.items():
-        box.add_module(name, mod)
-    return box
-
-
-def _heads(x: Tensor, h: int) -> Tensor:
-    n, t, d = x.shape
-    return x.view(n, t, h, d // h).transpose(1, 2)
+from ._common import mono_at, require_path
+from .synchformer_av import (  # noqa: F401  (re-exported: the metric's public names)
+    EXPECTED,
+    FPS,
+    N_MELS,
+    NAME,
+    OFFSET_GRID,
+    SEG_FRAMES,
+    SEG_FRAMES_STEP,
+    SEG_SAMPLES,
+    SEG_SAMPLES_STEP,
+    SPEC_T,
+    SR,
+    LogMel,
+    SyncAudioBranch,
+    SynchformerConfig,
+    SynchformerNet,
+    class_grid,
+    load_synchformer,
+    mel_filterbank,
+)
 
 
-def _merge(y: Tensor) -> Tensor:
-    n, h, t, e = y.shape
-    return y.transpose(1, 2).reshape(n, t, h * e)
+@dataclass(frozen=True)
+class SyncProtocol:
+    """How frames and audio enter Synchformer (see the table in the module docstring)."""
+
+    name: str
+    resize: int  # shorter side resized to this (torchvision v2 Resize on uint8)
+    crop: int  # then a centre crop of crop x crop
+    seconds: float | None  # only the first `seconds` are scored (None: the clip as given)
 
 
-# --------------------------------------------------------------------------------------------------
-# Audio branch: AST + frequency aggregation
-# --------------------------------------------------------------------------------------------------
-def mel_filterbank(n_freqs: int, sr: int, n_mels: int) -> Tensor:
-    """[n_freqs, n_mels] triangular HTK-mel filters, no normalisation (torchaudio's defaults)."""
-    def hz2mel(f: float) -> float:
-        return 2595.0 * math.log10(1.0 + f / 700.0)
-
-    freqs = torch.linspace(0, sr // 2, n_freqs, dtype=torch.float64)
-    mels = torch.linspace(hz2mel(0.0), hz2mel(sr / 2), n_mels + 2, dtype=torch.float64)
-    pts = 700.0 * (10 ** (mels / 2595.0) - 1.0)
-    diff = pts.diff()
-    slopes = pts[None, :] - freqs[:, None]
-    down, up = -slopes[:, :-2] / diff[:-1], slopes[:, 2:] / diff[1:]
-    return torch.clamp(torch.minimum(down, up), min=0).float()
+PROTOCOLS = {
+    "av_benchmark": SyncProtocol("av_benchmark", resize=224, crop=224, seconds=None),
+    "official_reward": SyncProtocol("official_reward", resize=256, crop=224, seconds=9.0),
+}
 
 
-class LogMel(nn.Module):
-    """Audio segments [N, 10240] at 16 kHz -> normalised log-mel [N, 66, 128] (time x mel)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("window", torch.hann_window(WIN), persistent=False)
-        self.register_buffer("fbank", mel_filterbank(N_FFT // 2 + 1, SR, N_MELS), persistent=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        spec = torch.stft(x, N_FFT, HOP, WIN, self.window, center=True, pad_mode="reflect",
-                          return_complex=True).abs().pow(2)  # [N, 513, 65]
-        mel = torch.log(torch.einsum("nft,fm->ntm", spec, self.fbank) + 1e-6)
-        t = mel.shape[1]
-        mel = nn.functional.pad(mel, (0, 0, 0, SPEC_T - t)) if t < SPEC_T else mel[:, :SPEC_T]
-        return (mel - AST_MEAN) / (2 * AST_STD)
-
-
-class _ASTLayer(nn.Module):
-    def __init__(self, dim: int, heads: int, hidden: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.attention = _box(attention=_box(query=nn.Linear(dim, dim), key=nn.Linear(dim, dim),
-                                             value=nn.Linear(dim, dim)),
-                              output=_box(dense=nn.Linear(dim, dim)))
-        self.intermediate = _box(dense=nn.Linear(dim, hidden))
-        self.output = _box(dense=nn.Linear(hidden, dim))
-        self.layernorm_before = nn.LayerNorm(dim, eps=1e-12)
-        self.layernorm_after = nn.LayerNorm(dim, eps=1e-12)
-
-    def forward(self, x: Tensor) -> Tensor:
-        h, att = self.layernorm_before(x), self.attention.attention
-        q, k, v = (_heads(m(h), self.heads) for m in (att.query, att.key, att.value))
-        x = x + self.attention.output.dense(_merge(nn.functional.scaled_dot_product_attention(q, k, v)))
-        h = nn.functional.gelu(self.intermediate.dense(self.layernorm_after(x)))
-        return x + self.output.dense(h)
-
-
-class ASTModel(nn.Module):
-    """HF-style Audio Spectrogram Transformer: [N, 66, 128] -> last hidden state [N, 2 + 12 * 6, D]."""
-
-    def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float) -> None:
-        super().__init__()
-        self.grid = ((N_MELS - 16) // 10 + 1, (SPEC_T - 16) // 10 + 1)  # (f, t) = (12, 6)
-        n_tok = 2 + self.grid[0] * self.grid[1]
-        self.embeddings = _box(patch_embeddings=_box(projection=nn.Conv2d(1, dim, 16, stride=(10, 10))))
-        self.embeddings.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
-        self.embeddings.distillation_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
-        self.embeddings.position_embeddings = nn.Parameter(torch.randn(1, n_tok, dim) * 0.02)
-        self.encoder = _box(layer=nn.ModuleList(_ASTLayer(dim, heads, int(dim * mlp_ratio)) for _ in range(depth)))
-        self.layernorm = nn.LayerNorm(dim, eps=1e-12)
-
-    def forward(self, spec: Tensor) -> Tensor:
-        e = self.embeddings
-        x = e.patch_embeddings.projection(spec.unsqueeze(1).transpose(2, 3))  # [N, D, f, t]
-        x = x.flatten(2).transpose(1, 2)
-        n = x.shape[0]
-        x = torch.cat([e.cls_token.expand(n, -1, -1), e.distillation_token.expand(n, -1, -1), x], 1)
-        x = x + e.position_embeddings
-        for layer in self.encoder.layer:
-            x = layer(x)
-        return self.layernorm(x)
-
-
-class CLSEncoderLayer(nn.TransformerEncoderLayer):
-    """Synchformer's BaseEncoderLayer: prepend a learned CLS token, return its output."""
-
-    def __init__(self, dim: int, heads: int, hidden: int, eps: float = 1e-6) -> None:
-        super().__init__(dim, heads, hidden, dropout=0.0, activation="gelu", batch_first=True,
-                         layer_norm_eps=eps, norm_first=True)
-        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
-
-    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        return super().forward(x)[:, 0]
-
-
-class SyncAudioBranch(nn.Module):
-    """Log-mel segments [N, 66, 128] -> [N, 6, D]: AST tokens, then attention over frequency per time."""
-
-    def __init__(self, dim: int = 768, depth: int = 12, heads: int = 12, mlp_ratio: float = 4.0) -> None:
-        super().__init__()
-        self.ast = ASTModel(dim, depth, heads, mlp_ratio)
-        self.freq_attn_agg = CLSEncoderLayer(dim, heads, int(dim * mlp_ratio))
-
-    def forward(self, spec: Tensor) -> Tensor:
-        x = self.ast(spec)[:, 2:]
-        n, _, d = x.shape
-        f, t = self.ast.grid
-        x = x.transpose(1, 2).reshape(n, d, f, t).permute(0, 3, 2, 1).reshape(n * t, f, d)
-        return self.freq_attn_agg(x).view(n, t, d)
-
-
-# --------------------------------------------------------------------------------------------------
-# Sync transformer (GlobalTransformer)
-# --------------------------------------------------------------------------------------------------
-class _Block(nn.Module):
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = _box(key=nn.Linear(dim, dim), query=nn.Linear(dim, dim), value=nn.Linear(dim, dim),
-                         proj=nn.Linear(dim, dim))
-        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), nn.Dropout(0.0))
-
-    def forward(self, x: Tensor) -> Tensor:
-        h, a = self.ln1(x), self.attn
-        q, k, v = (_heads(m(h), self.heads) for m in (a.query, a.key, a.value))
-        x = x + a.proj(_merge(nn.functional.scaled_dot_product_attention(q, k, v)))
-        return x + self.mlp(self.ln2(x))
-
-
-class GlobalTransformer(nn.Module):
-    """[OFF ; visual ; MOD ; audio] + learned positions -> blocks -> offset logits from OFF."""
-
-    def __init__(self, dim: int, depth: int, heads: int, seq_len: int, n_classes: int = 21) -> None:
-        super().__init__()
-        self.vis_in_lnorm, self.aud_in_lnorm = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.OFF_tok = nn.Parameter(torch.randn(1, 1, dim))
-        self.MOD_tok = nn.Parameter(torch.randn(1, 1, dim))
-        self.pos_emb_cfg = _box()
-        self.pos_emb_cfg.pos_emb = nn.Parameter(torch.randn(1, seq_len, dim))
-        self.blocks = nn.Sequential(*[_Block(dim, heads) for _ in range(depth)])
-        self.ln_f = nn.LayerNorm(dim)
-        self.off_head = nn.Linear(dim, n_classes)
-
-    def forward(self, v: Tensor, a: Tensor) -> Tensor:
-        b = v.shape[0]
-        x = torch.cat([self.OFF_tok.expand(b, -1, -1), self.vis_in_lnorm(v),
-                       self.MOD_tok.expand(b, -1, -1), self.aud_in_lnorm(a)], dim=1)
-        x = self.blocks(x + self.pos_emb_cfg.pos_emb[:, : x.shape[1]])
-        return self.off_head(self.ln_f(x)[:, 0])
-
-
-class SynchformerNet(nn.Module):
-    """Whole model; attribute names are the official top-level ones (state-dict prefixes)."""
-
-    def __init__(self, dim: int = 768, depth: int = 12, heads: int = 12, mlp_ratio: float = 4.0, size: int = 224,
-                 patch_size: int = 16, sync_dim: int = 768, sync_depth: int = 3, sync_heads: int = 8) -> None:
-        super().__init__()
-        self.vfeat_extractor = SyncVisualBranch(dim=dim, depth=depth, heads=heads, patch_size=patch_size,
-                                                tubelet=2, segment_frames=SEG_FRAMES, size=size, mlp_ratio=mlp_ratio)
-        self.afeat_extractor = SyncAudioBranch(dim, depth, heads, mlp_ratio)
-        self.vproj, self.aproj = nn.Linear(dim, sync_dim), nn.Linear(dim, sync_dim)
-        self.v_tokens, self.a_tokens = SEG_FRAMES // 2, self.afeat_extractor.ast.grid[1]
-        seq = 2 + N_SEGMENTS * (self.v_tokens + self.a_tokens)  # 198 for the official config
-        self.transformer = GlobalTransformer(sync_dim, sync_depth, sync_heads, seq)
-
-    def classify(self, v: Tensor, a: Tensor) -> Tensor:
-        """Window tokens v [B, 14, 8, D], a [B, 14, 6, D] -> logits [B, 21]."""
-        b = v.shape[0]
-        return self.transformer(self.vproj(v.reshape(b, -1, v.shape[-1])), self.aproj(a.reshape(b, -1, a.shape[-1])))
+def get_protocol(name: str | SyncProtocol) -> SyncProtocol:
+    if isinstance(name, SyncProtocol):
+        return name
+    if name not in PROTOCOLS:
+        raise PrismAudioError(f"{NAME}: unknown protocol {name!r}; known: {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[name]
 
 
 # --------------------------------------------------------------------------------------------------
 # Backend
 # --------------------------------------------------------------------------------------------------
-def _segments(x: Tensor, length: int, step: int, dim: int) -> Tensor:
-    """Unfold `dim` into windows (a too-short input is padded by repeating its last element)."""
+def _pad_to(x: Tensor, length: int, dim: int) -> Tensor:
+    """Repeat the last element along `dim` up to `length` (documented deviation for short clips)."""
     n = x.shape[dim]
-    if n < length:
-        last = x.narrow(dim, n - 1, 1)
-        x = torch.cat([x, last.expand(*[length - n if i == dim % x.dim() else -1 for i in range(x.dim())])], dim)
-    return x.unfold(dim, length, step)
+    if n >= length:
+        return x
+    idx = torch.arange(length, device=x.device).clamp(max=n - 1)
+    return x.index_select(dim, idx)
 
 
-@register_backend("synchformer_desync", "desync")
+def _resample_16k(wave: Tensor, sr: int) -> Tensor:
+    """[B, S] mono at `sr` -> 16 kHz with torchaudio's `transforms.Resample` (as av-benchmark's loader)."""
+    if sr == SR:
+        return wave
+    try:
+        from .resample import resample_transform as resample
+    except ImportError:  # the torchaudio-equal resampler lives beside this module; older trees lack it
+        from ...io.audio import resample
+    return resample(wave, sr, SR)
+
+
+def _mono_16k(audio: Any, sr: int) -> Tensor:
+    return _resample_16k(mono_at(audio, sr, sr, NAME), int(sr))
+
+
+@register_backend(NAME, "desync")
 class SynchformerDesync:
-    """Synchformer offsets / DeSync (av-benchmark) from a LOCAL checkpoint, loaded on first use."""
+    """Synchformer offsets / DeSync from a LOCAL checkpoint, loaded on first use.
 
-    def __init__(self, path: str | None = None, dim: int = 768, depth: int = 12, heads: int = 12,
-                 mlp_ratio: float = 4.0, size: int = 224, patch_size: int = 16, sync_dim: int = 768,
-                 sync_depth: int = 3, sync_heads: int = 8, batch_segments: int = 16, device: str = "cpu") -> None:
-        self.path = require_path(path, "synchformer_desync", _EXPECTED)
-        self._arch = {"dim": int(dim), "depth": int(depth), "heads": int(heads), "mlp_ratio": float(mlp_ratio),
-                      "size": int(size), "patch_size": int(patch_size), "sync_dim": int(sync_dim),
-                      "sync_depth": int(sync_depth), "sync_heads": int(sync_heads)}
-        self.size = int(size)
+    `heads`, `ast_heads`, `sync_heads` are the attention head counts (12 / 12 / 8 released; they cannot be
+    read from the tensors); `protocol` is ``av_benchmark`` (default) or ``official_reward`` (see the module
+    docstring). Any size given in `declared` (e.g. ``dim=768``) is checked against the file.
+    """
+
+    def __init__(self, path: str | None = None, heads: int = 12, ast_heads: int | None = None, sync_heads: int = 8,
+                 protocol: str = "av_benchmark", batch_segments: int = 16, device: str = "cpu",
+                 **declared: Any) -> None:
+        self.path = require_path(path, NAME, EXPECTED)
+        self.heads, self.sync_heads = int(heads), int(sync_heads)
+        self.ast_heads = self.heads if ast_heads is None else int(ast_heads)
+        self.protocol = get_protocol(protocol)
+        known = {f.name for f in fields(SynchformerConfig)} | {"mlp_ratio"}
+        unknown = sorted(set(declared) - known)
+        if unknown:
+            raise PrismAudioError(f"backend {NAME!r}: unknown parameter(s) {unknown}")
+        self.declared = declared
+        self.size = self.protocol.crop  # callers that decode square frames ask for this size
         self.batch_segments = max(1, int(batch_segments))
         self.device = torch.device(device)
         self.logmel = LogMel().to(self.device)
@@ -297,65 +174,210 @@ class SynchformerDesync:
     @property
     def net(self) -> SynchformerNet:
         if self._net is None:
-            net = SynchformerNet(**self._arch)
-            sd = load_state_dict(self.path, "synchformer_desync", _EXPECTED)
-            sd = {k: v for k, v in sd.items() if not k.startswith(_UNUSED)}
-            load_strict(net, sd, "synchformer_desync", self.path)
-            self._net = net.eval().requires_grad_(False).to(self.device)
+            net = load_synchformer(self.path, self.heads, self.ast_heads, self.sync_heads)
+            cfg = net.cfg
+            found = {f.name: getattr(cfg, f.name) for f in fields(cfg)} | {"mlp_ratio": cfg.mlp_hidden / cfg.dim}
+            bad = {k: (v, found[k]) for k, v in self.declared.items() if float(v) != float(found[k])}
+            if bad:
+                raise PrismAudioError(f"backend {NAME!r}: {self.path} holds a different model than configured: "
+                                      + ", ".join(f"{k}={v} configured, {f} in the file" for k, (v, f) in bad.items()))
+            if cfg.size != self.protocol.crop:
+                raise PrismAudioError(f"backend {NAME!r}: {self.path} takes {cfg.size} px frames, the "
+                                      f"{self.protocol.name} protocol crops {self.protocol.crop} px")
+            self._net = net.to(self.device)
         return self._net
 
-    def _frames(self, frames: Any) -> Tensor:
+    def frame_spec(self) -> Any:
+        """What to decode: 25 fps, native uint8 frames (the resize / crop are the protocol's, on uint8)."""
+        from ...io.video import FrameSpec
+
+        return FrameSpec(FPS, None)
+
+    @property
+    def grid(self) -> Tensor:
+        return class_grid(self.net.cfg.n_classes)
+
+    # ----------------------------------------------------------------------------- inputs
+    def prepare_frames(self, frames: Any, protocol: str | SyncProtocol | None = None) -> Tensor:
+        """Native frames [B, T, 3, H, W] (uint8, or float in [0, 1]) or uint8 [B, T, H, W, 3], 25 fps ->
+        the model input [B, T', 3, crop, crop] in [-1, 1] (T' capped by the protocol's seconds)."""
+        proto = self.protocol if protocol is None else get_protocol(protocol)
         x = frames if isinstance(frames, Tensor) else torch.as_tensor(np.asarray(frames))
         if x.dim() == 4:
             x = x[None]
-        if x.dim() != 5:
-            raise PrismAudioError(f"desync: frames must be [B, T, 3, H, W] or [B, T, H, W, 3], got {tuple(x.shape)}")
-        if x.dtype == torch.uint8 and x.shape[-1] == 3:
+        if x.dim() == 5 and x.dtype == torch.uint8 and x.shape[-1] == 3 and x.shape[2] != 3:
             x = x.permute(0, 1, 4, 2, 3)
-        if x.shape[2] != 3 or x.shape[1] == 0:
-            raise PrismAudioError(f"desync: expected frames [B, T>0, 3, H, W], got {tuple(x.shape)}")
-        return to_uint8(x)
+        if x.dim() != 5 or x.shape[2] != 3 or x.shape[1] == 0:
+            raise PrismAudioError(f"{NAME}: frames must be [B, T>0, 3, H, W] or uint8 [B, T, H, W, 3], "
+                                  f"got {tuple(x.shape)}")
+        if proto.seconds is not None:
+            x = x[:, : max(1, int(FPS * proto.seconds + 1e-6))]
+        b, t = x.shape[:2]
+        flat = to_uint8(x.reshape(b * t, *x.shape[2:]).cpu())  # the uint8 resize runs on the CPU (exact kernel)
+        out = preprocess_frames(flat, proto.crop, proto.resize)
+        return out.view(b, t, *out.shape[1:])
 
-    @torch.no_grad()
-    def _clip_tokens(self, frames: Tensor, wave: Tensor) -> tuple[Tensor, Tensor]:
-        """One clip -> visual [S, 8, D] and audio [S, 6, D] segment tokens (S = min of both counts)."""
-        net, dev = self.net, self.device
-        img = preprocess_frames(frames.cpu(), self.size).to(dev)  # uint8 resize on the CPU (torchvision's kernel)
-        vseg = _segments(img, SEG_FRAMES, SEG_FRAMES_STEP, 0).permute(0, 1, 4, 2, 3)  # [Sv, 3, 16, H, W]
-        if wave.shape[-1] < SEG_SAMPLES:
-            wave = nn.functional.pad(wave, (0, SEG_SAMPLES - wave.shape[-1]))
-        aseg = wave.to(dev).unfold(-1, SEG_SAMPLES, SEG_SAMPLES_STEP)  # [Sa, 10240]
-        s = min(vseg.shape[0], aseg.shape[0])
-        vis = torch.cat([net.vfeat_extractor(b) for b in vseg[:s].split(self.batch_segments)])
-        aud = torch.cat([net.afeat_extractor(self.logmel(b)) for b in aseg[:s].split(self.batch_segments)])
-        return vis, aud
+    def prepare_audio(self, audio: Any, sr: int, protocol: str | SyncProtocol | None = None) -> Tensor:
+        """[B, C, S] / [C, S] at `sr` -> mono [B, S'] at 16 kHz (capped by the protocol's seconds)."""
+        proto = self.protocol if protocol is None else get_protocol(protocol)
+        wave = _mono_16k(audio, sr)
+        return wave if proto.seconds is None else wave[:, : max(1, int(SR * proto.seconds + 1e-6))]
 
+    # ----------------------------------------------------------------------------- features
     @torch.no_grad()
-    def logits(self, frames: Any, audio: Any, sr: int) -> Tensor:
-        """[B, 2, 21] offset logits for the first and the last 14 segments of each clip."""
-        fr, wav = self._frames(frames), mono_at(audio, sr, SR, "synchformer_desync")
-        if fr.shape[0] != wav.shape[0]:
-            raise PrismAudioError(f"desync: {fr.shape[0]} videos vs {wav.shape[0]} audio clips")
-        out = []
-        for f, a in zip(fr, wav):
-            vis, aud = self._clip_tokens(f, a)
-            s = vis.shape[0]
-            if s < N_SEGMENTS:  # documented: repeat the last segment's tokens
-                idx = torch.arange(N_SEGMENTS).clamp(max=s - 1)
-                vis, aud, s = vis[idx], aud[idx], N_SEGMENTS
-            starts = (0, s - N_SEGMENTS)
-            v = torch.stack([vis[i:i + N_SEGMENTS] for i in starts])
-            au = torch.stack([aud[i:i + N_SEGMENTS] for i in starts])
-            out.append(self.net.classify(v, au).cpu())
+    def video_features(self, video: Tensor) -> Tensor:
+        """Model-input frames [B, T, 3, H, W] -> [B, S_v, 8, D]: 16-frame segments, step 8 (encode_video_with_sync)."""
+        net = self.net
+        video = _pad_to(video, SEG_FRAMES, 1)
+        seg = video.unfold(1, SEG_FRAMES, SEG_FRAMES_STEP).permute(0, 1, 2, 5, 3, 4)  # [B, S, 3, 16, H, W]
+        out = [torch.cat([net.vfeat_extractor(c.to(self.device).contiguous()) for c in clip.split(self.batch_segments)])
+               for clip in seg]
         return torch.stack(out)
 
-    def offsets(self, frames: Any, audio: Any, sr: int) -> Tensor:
+    @torch.no_grad()
+    def logmel_segments(self, wave: Tensor) -> Tensor:
+        """Mono 16 kHz [B, N] -> [B, S_a, 128, 66]: 10240-sample segments, step 5120, normalised log-mel."""
+        if wave.shape[-1] < SEG_SAMPLES:
+            wave = nn.functional.pad(wave, (0, SEG_SAMPLES - wave.shape[-1]))
+        seg = wave.to(self.device).unfold(-1, SEG_SAMPLES, SEG_SAMPLES_STEP)  # [B, S, 10240]
+        b, s, n = seg.shape
+        return self.logmel(seg.reshape(b * s, n)).view(b, s, N_MELS, SPEC_T)
+
+    @torch.no_grad()
+    def audio_features(self, wave: Tensor) -> Tensor:
+        """Mono 16 kHz [B, N] -> [B, S_a, 6, D] (encode_audio_with_sync)."""
+        spec = self.logmel_segments(wave)
+        b, s = spec.shape[:2]
+        flat = spec.flatten(0, 1)
+        out = torch.cat([self.net.afeat_extractor(c) for c in flat.split(self.batch_segments)])
+        return out.view(b, s, *out.shape[1:])
+
+    @torch.no_grad()
+    def window_logits(self, vfeats: Tensor, afeats: Tensor) -> Tensor:
+        """[B, 2, 21]: compare_v_a on the first and on the last `window_segments` segments of each stream
+        (each stream sliced on its own, as av-benchmark's evaluate does)."""
+        w = self.net.cfg.window_segments
+        v, a = _pad_to(vfeats, w, 1).to(self.device), _pad_to(afeats, w, 1).to(self.device)
+        first = self.net.compare_v_a(v[:, :w], a[:, :w])
+        last = self.net.compare_v_a(v[:, -w:], a[:, -w:])
+        return torch.stack([first, last], dim=1).cpu()
+
+    # ----------------------------------------------------------------------------- role API
+    @torch.no_grad()
+    def logits(self, frames: Any, audio: Any, sr: int, protocol: str | SyncProtocol | None = None) -> Tensor:
+        """[B, 2, 21] offset logits of the first and the last 14 segments of each clip."""
+        video = self.prepare_frames(frames, protocol)
+        wave = self.prepare_audio(audio, sr, protocol)
+        if video.shape[0] != wave.shape[0]:
+            raise PrismAudioError(f"{NAME}: {video.shape[0]} videos vs {wave.shape[0]} audio clips")
+        return self.window_logits(self.video_features(video), self.audio_features(wave))
+
+    def offsets(self, frames: Any, audio: Any, sr: int, protocol: str | SyncProtocol | None = None) -> Tensor:
         """[B, 2] signed offsets (s) on the grid -2..2 step 0.2: first and last 4.8 s windows."""
-        return OFFSET_GRID[self.logits(frames, audio, sr).argmax(-1)]
+        return self.grid[self.logits(frames, audio, sr, protocol).argmax(-1)]
 
-    def desync(self, frames: Any, audio: Any, sr: int) -> Tensor:
+    def desync(self, frames: Any, audio: Any, sr: int, protocol: str | SyncProtocol | None = None) -> Tensor:
         """[B] mean |offset| (s) over the two windows (av-benchmark DeSync per clip)."""
-        return self.offsets(frames, audio, sr).abs().mean(-1)
+        return self.offsets(frames, audio, sr, protocol).abs().mean(-1)
 
 
-__all__ = ["OFFSET_GRID", "LogMel", "SyncAudioBranch", "SynchformerDesync", "SynchformerNet", "mel_filterbank"]
+# --------------------------------------------------------------------------------------------------
+# Files: av-benchmark end to end, and the official reward
+# --------------------------------------------------------------------------------------------------
+PathLike = str | os.PathLike
+
+
+def _backend(backend: SynchformerDesync | PathLike) -> SynchformerDesync:
+    return backend if isinstance(backend, SynchformerDesync) else SynchformerDesync(str(backend))
+
+
+def read_sync_frames(path: PathLike, seconds: float | None = None) -> Tensor:
+    """Native uint8 frames [T, 3, H, W] at 25 fps (FFmpeg's fps filter, as torio's decoder), the first
+    `seconds` (default: the whole video)."""
+    from ...io.video import FrameSpec, read_frames_multi
+
+    return read_frames_multi(path, [FrameSpec(FPS, None)], duration=seconds)[0]
+
+
+def read_sync_audio(path: PathLike) -> Tensor:
+    """Mono [S] at 16 kHz as av-benchmark's SynchformerAudioDataset reads it (channel mean, then
+    torchaudio's Resample)."""
+    from ...io.audio import load_audio
+
+    wave, sr = load_audio(path, channels=None)
+    return _resample_16k(wave.mean(0, keepdim=True), sr)[0]
+
+
+def desync_from_files(mp4_path: PathLike, wav_path: PathLike, backend: SynchformerDesync | PathLike,
+                      duration: float | None = 8.0) -> float:
+    """av-benchmark's DeSync of one (video, audio) pair: the mean |offset| (s) of the first and last 4.8 s.
+
+    `duration` is av-benchmark's ``--audio_length`` (8 s): both streams are cut to it and a shorter one is an
+    error (upstream skips it). ``None`` takes the audio's length (the PrismAudio paper, App. F: the video is
+    truncated to the generated audio).
+    """
+    from ...io.video import probe_video
+
+    b = _backend(backend)
+    wave = read_sync_audio(wav_path)
+    if duration is None:
+        duration = wave.shape[-1] / SR
+    if not (isinstance(duration, (int, float)) and duration > 0 and math.isfinite(duration)):
+        raise PrismAudioError(f"{NAME}: duration must be a positive number of seconds, got {duration!r}")
+    n_frames, n_samples = int(FPS * duration + 1e-6), int(SR * duration + 1e-6)
+    info = probe_video(mp4_path)
+    if info.duration + 0.5 / FPS < n_frames / FPS:  # half a frame of slack for container rounding
+        raise PrismAudioError(f"{NAME}: video {mp4_path} lasts {info.duration:.2f} s, shorter than the {duration:g} s "
+                              f"av-benchmark reads ({n_frames} frames at 25 fps)")
+    if wave.shape[-1] < n_samples:
+        raise PrismAudioError(f"{NAME}: audio {wav_path} lasts {wave.shape[-1] / SR:.2f} s, shorter than the "
+                              f"{duration:g} s av-benchmark reads ({n_samples} samples at 16 kHz)")
+    frames = read_sync_frames(mp4_path, n_frames / FPS)[:n_frames]
+    video = b.prepare_frames(frames[None], "av_benchmark")
+    logits = b.window_logits(b.video_features(video), b.audio_features(wave[None, :n_samples]))
+    return float(b.grid[logits.argmax(-1)].abs().mean())
+
+
+def official_sync_reward(backend: SynchformerDesync | PathLike, frames_or_path: Any, audio: Tensor,
+                         sr: int) -> Tensor:
+    """The official PrismAudio sync reward, [B] float32: (2 - |offset|) / 4 on the first 9 s.
+
+    `frames_or_path`: NATIVE frames [B, T, 3, H, W] (or one clip [T, 3, H, W]) at 25 fps, uint8 or float
+    in [0, 1]; or a video path; or one path per clip. `audio` [B, C, S] / [C, S] at `sr`. One video with B
+    audio clips (a GRPO group) is decoded and encoded once and scored against each. Frames: shorter side
+    256, centre crop 224 (no resize to 224); |offset| = mean over the first / last 14-segment windows.
+    """
+    b = _backend(backend)
+    proto = PROTOCOLS["official_reward"]
+    if not isinstance(audio, Tensor) or audio.dim() not in (2, 3):
+        raise PrismAudioError(f"{NAME}: audio must be a torch.Tensor [B, C, S] or [C, S]")
+    audio = audio[None] if audio.dim() == 2 else audio
+    src = frames_or_path
+    paths = [src] if isinstance(src, (str, os.PathLike)) else list(src) if isinstance(src, (list, tuple)) and all(
+        isinstance(p, (str, os.PathLike)) for p in src) else None
+    if paths is None:
+        x = src if isinstance(src, Tensor) else torch.as_tensor(np.asarray(src))
+        clips: Sequence[Any] = list(x[None] if x.dim() == 4 else x)
+    n = len(clips) if paths is None else len(paths)
+    if n not in (1, audio.shape[0]):
+        raise PrismAudioError(f"{NAME}: {n} videos vs {audio.shape[0]} audio clips")
+    if paths is not None:
+        clips = [read_sync_frames(p, _video_seconds(p, proto)) for p in paths]
+    vfeats = [b.video_features(b.prepare_frames(c[None], proto)) for c in clips]
+    afeats = b.audio_features(b.prepare_audio(audio, sr, proto))
+    logits = torch.cat([b.window_logits(vfeats[i if len(clips) > 1 else 0], afeats[i : i + 1])
+                        for i in range(audio.shape[0])])
+    offset = b.grid[logits.argmax(-1)].abs().mean(-1)
+    return ((2.0 - offset) / 4.0).float()
+
+
+def _video_seconds(path: PathLike, proto: SyncProtocol) -> float:
+    from ...io.video import probe_video
+
+    total = probe_video(path).duration
+    return total if proto.seconds is None else min(total, proto.seconds)
+
+
+__all__ = ["OFFSET_GRID", "PROTOCOLS", "LogMel", "SyncAudioBranch", "SyncProtocol", "SynchformerConfig",
+           "SynchformerDesync", "SynchformerNet", "desync_from_files", "load_synchformer", "mel_filterbank",
+           "official_sync_reward", "read_sync_audio", "read_sync_frames"]
