@@ -6,7 +6,10 @@ STAMP  := $(VENV)/.installed-stamp
 # The shipped models are package data (found through prismaudio.resources; $PRISMAUDIO_ASSETS overrides).
 ASSETS := src/prismaudio/assets
 
-.PHONY: setup demo test test-slow bench judges visual-classifier train-default grpo-default clean
+# make web [WEB_ARGS="--port 8000 --model DIR"]: the web demo on http://127.0.0.1:7860 (Ctrl-C stops it).
+WEB_ARGS ?=
+
+.PHONY: setup demo web test test-slow bench judges visual-classifier train-default grpo-default clean
 
 # The venv is (re)built whenever pyproject.toml changes. torch is pinned first so pip takes the
 # local CPU wheel (2.13.0) instead of resolving a CUDA build.
@@ -21,6 +24,9 @@ setup: $(STAMP)
 
 demo: setup
 	$(BIN)/prismaudio generate examples/example.mp4 --out outputs/demo
+
+web: setup
+	$(BIN)/python -m prismaudio.web $(WEB_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q
