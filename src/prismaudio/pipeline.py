@@ -14,16 +14,18 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+import time
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from .config import DURATION_RULES, EncoderSpec, ModelConfig, load_model_config, preset
-from .encoders.base import Encoder, FrozenEncoder, build_encoder
+from .encoders.base import Encoder, FrozenEncoder, TextTruncation, build_encoder
 from .errors import PrismAudioError
 from .io.video import num_samples, probe_video, read_frames_multi
 from .io.weights import contiguous_state, load_strict
@@ -31,6 +33,9 @@ from .model.conditioning import Conditioner, ConditionTokens
 from .model.dit import DiffusionTransformer
 from .model.vae import OobleckVAE
 from .sampling import guided_velocity, inference_timesteps, sample_ode
+
+if TYPE_CHECKING:
+    from .cot import CoT, Planner
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
@@ -52,11 +57,46 @@ class Features:
 
 @dataclass
 class GenerationResult:
-    audio: Tensor  # [2, S] float32 in [-1, 1]
+    """What `generate` made: `audio` is the first sample, `samples` all of them (`num_samples`)."""
+
+    audio: Tensor  # [2, S] float32 in [-1, 1]: samples[0]
     sample_rate: int
-    latents: Tensor  # [1, C, N]
+    latents: Tensor  # [K, C, N]
     duration: float
-    cot: str
+    cot: str  # the text the audio was conditioned on (the plan rendered in `cot_style`)
+    samples: Tensor | None = None  # [K, 2, S]; sample k was drawn with seed seeds[k]
+    seeds: tuple[int, ...] = ()
+    plan: "CoT | None" = None  # the four-part plan (planned, or the CoT given), None for raw text
+    video: Path | None = None
+    truncation: TextTruncation | None = None  # what the text encoder's token limit dropped
+    negative_cot: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.samples is None:
+            self.samples = self.audio.unsqueeze(0)
+
+    def save_wav(self, path: str | os.PathLike, index: int = 0) -> Path:
+        """Sample `index` as a WAV (the writer of `io.audio`)."""
+        from .io.audio import save_wav
+
+        save_wav(path, self._sample(index), self.sample_rate)
+        return Path(path)
+
+    def save_video(self, path: str | os.PathLike, index: int = 0, video: str | os.PathLike | None = None) -> Path:
+        """The input video (or `video`) with sample `index` as its sound track (`io.video.mux_audio`)."""
+        from .io.video import mux_audio
+
+        src = video if video is not None else self.video
+        if src is None:
+            raise PrismAudioError("save_video needs the source video: this result was not made from a file")
+        mux_audio(src, self._sample(index), self.sample_rate, path)
+        return Path(path)
+
+    def _sample(self, index: int) -> Tensor:
+        assert self.samples is not None
+        if not -len(self.samples) <= index < len(self.samples):
+            raise PrismAudioError(f"sample {index} does not exist: this result holds {len(self.samples)}")
+        return self.samples[index]
 
 
 class PrismAudioPipeline(nn.Module):
@@ -100,12 +140,21 @@ class PrismAudioPipeline(nn.Module):
         return pipe.eval()
 
     @classmethod
-    def from_preset(cls, name: str, seed: int = 0) -> "PrismAudioPipeline":
-        return cls.from_config(preset(name), seed=seed)
+    def from_preset(cls, name: str, seed: int = 0, device: str | torch.device | None = None,
+                    dtype: str | torch.dtype | None = None) -> "PrismAudioPipeline":
+        """Randomly initialised weights of a preset (`paper`, `mini`, `tiny`), placed as `place` does."""
+        return cls.from_config(preset(name), seed=seed).place(device, dtype)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> "PrismAudioPipeline":
-        """Load a checkpoint directory written by `save_pretrained` (or `convert-official`)."""
+    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device | None = None,
+                        dtype: str | torch.dtype | None = None) -> "PrismAudioPipeline":
+        """Load a checkpoint directory written by `save_pretrained` (or `convert-official`), then
+        `place` it: `device` "cuda" / "cuda:N" / "cpu", `dtype` of the DiT ("fp32", "bf16", "fp16"
+        or a torch dtype); both default to staying as loaded (CPU, float32)."""
+        return cls._load_dir(path).place(device, dtype)
+
+    @classmethod
+    def _load_dir(cls, path: str | os.PathLike) -> "PrismAudioPipeline":
         root = Path(path)
         if not root.is_dir():
             raise PrismAudioError(f"model directory {root} does not exist or is not a directory")
@@ -189,63 +238,157 @@ class PrismAudioPipeline(nn.Module):
             return whole
         raise PrismAudioError(f"unknown sampling.duration_rule {rule!r} (choose from {', '.join(DURATION_RULES)})")
 
+    def latent_frames(self, duration: float) -> int:
+        """Latent length N for `duration` s: rounded *up* to whole latent hops (the `mini` hop is
+        512 / 16 kHz = 32 ms), so the decoded audio is never shorter than the clip and `decode` trims
+        it to the exact sample count. The official `sync_length` keeps the official round(), which
+        its sync interpolation needs (official_network.md: N = round(21.533 d))."""
+        if self.config.conditioner.sync_length == "official":
+            return self.config.latent_length(duration)
+        hop = self.config.vae.downsampling_ratio
+        return max(1, math.ceil(round(duration * self.config.sample_rate, 6) / hop))
+
     def condition(self, feats: Features) -> ConditionTokens:
-        n = self.config.latent_length(feats.duration)
-        return self.conditioner(feats.video, feats.text, feats.sync, latent_length=n)
+        return self.conditioner(feats.video, feats.text, feats.sync, latent_length=self.latent_frames(feats.duration))
+
+    def negative_condition(self, cond: ConditionTokens, text: Tensor) -> tuple[ConditionTokens, ConditionTokens]:
+        """(cond, uncond) for CFG with a negative CoT: the unconditional branch reads the negative
+        text's tokens where plain CFG has zeros (video and sync stay zero, as in plain CFG). Both
+        cross-attention contexts are zero-padded to one length, so they batch together."""
+        neg = self.conditioner.text(text.to(self.device, cond.cross.dtype))
+        tv = cond.add.shape[1]
+        uncond_cross = torch.cat([torch.zeros_like(cond.cross[:, :tv]), neg], dim=1)
+        length = max(cond.cross.shape[1], uncond_cross.shape[1])
+        pad = lambda x: nn.functional.pad(x, (0, 0, 0, length - x.shape[1]))  # noqa: E731
+        cond = ConditionTokens(pad(cond.cross), cond.add, cond.sync)
+        zeros = cond.zeros_like()
+        return cond, ConditionTokens(pad(uncond_cross), zeros.add, zeros.sync)
+
+    # ---------------------------------------------------------------- planning
+    def plan_cot(self, video: str | os.PathLike, planner: "str | Planner" = "offline", caption: str | None = None,
+                 planner_options: dict[str, Any] | None = None) -> "CoT":
+        """The planner's four-part CoT of `video` (`generate` calls this when no CoT is given).
+        Planners built by name are kept, so a batch builds each one once."""
+        from .cot import Planner, build_planner
+
+        if not isinstance(planner, Planner):
+            key = (str(planner), tuple(sorted((k, repr(v)) for k, v in (planner_options or {}).items())))
+            cache = self.__dict__.setdefault("_planners", {})
+            if key not in cache:
+                cache[key] = build_planner(str(planner), **(planner_options or {}))
+            planner = cache[key]
+        return planner.plan(video, caption=caption)
 
     # ---------------------------------------------------------------- generation
+    def forward(self, video: str | os.PathLike, **kwargs: Any) -> GenerationResult:
+        """`pipe(video, ...)` is `pipe.generate(video, ...)`."""
+        return self.generate(video, **kwargs)
+
     @torch.no_grad()
     def generate(
         self,
         video: str | os.PathLike,
-        cot: str | None = None,
+        cot: "str | CoT | None" = None,
         duration: float | None = None,
         seed: int = 0,
         steps: int | None = None,
         cfg_scale: float | None = None,
         progress: Callable[[int, int], None] | None = None,
         offload: bool | None = None,
+        *,
+        num_samples: int = 1,
+        negative_cot: "str | CoT | None" = None,
+        planner: "str | Planner | None" = "offline",
+        planner_options: dict[str, Any] | None = None,
+        caption: str | None = None,
+        cot_style: str = "multi",
+        status: Callable[[str], None] | None = None,
     ) -> GenerationResult:
-        """Sound for `video`. Same seed -> bit-identical audio on CPU.
+        """Sound for `video`: the same behaviour as `prismaudio generate`. Same seed -> bit-identical
+        audio on CPU.
 
-        `cot` is the chain-of-thought plan (any text; empty = unconditioned text). Duration
-        defaults to the video's; the official predict path's peak normalisation is replaced by a
-        clip guard (audio is only scaled down when it would clip), so loudness is preserved.
-        `offload` (default: `self.offload_encoders`) frees the frozen encoders once their features
-        exist, before the DiT runs (peak memory: README "Use the released weights").
+        `cot`: a `CoT` (rendered in `cot_style`, default the paper's `multi`) or text used as given
+        ("" = unconditioned text). Without one, `planner` plans it (default the offline planner, as
+        the CLI; `planner_options` are its parameters, `caption` guides it); `planner=None` means
+        no CoT. A CoT longer than the text encoder reads is cut there, and one warning says what was
+        dropped (`result.truncation`). `negative_cot` (a "negative prompt") replaces the zeros of
+        CFG's unconditional branch by its text tokens. `num_samples` samples come in one batch, sample k
+        from seed `seed + k` (the same noise as a single call with that seed; the audio equal up to
+        batched float rounding). Duration defaults to the video's (internally rounded up to whole
+        latent hops, then trimmed to the exact sample count); the official peak normalisation is
+        replaced by a clip guard (audio is only scaled down when it would clip). `offload` (default
+        `self.offload_encoders`) frees the frozen encoders once their features exist, before the DiT
+        runs. `status` receives one line per slow stage (planning, encoding).
         """
+        from .cot import CoT
+
         steps = self.config.sampling.steps if steps is None else int(steps)
         if steps <= 0:
             raise PrismAudioError(f"steps must be a positive integer, got {steps}")
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise PrismAudioError(f"num_samples must be a positive integer, got {num_samples!r}")
         cfg = self.config.sampling.cfg_scale if cfg_scale is None else float(cfg_scale)
-        cot = "" if cot is None else cot
-        feats = self.extract_features(video, cot, duration)
+        say = status or (lambda _m: None)
+        plan: CoT | None = cot if isinstance(cot, CoT) else None
+        if cot is None and planner is not None:
+            name = planner if isinstance(planner, str) else type(planner).__name__
+            say(f"planning the chain-of-thought ({name} planner) ...")
+            t0 = time.perf_counter()
+            plan = self.plan_cot(video, planner, caption, planner_options)
+            say(f"planned in {time.perf_counter() - t0:.1f} s")
+        text = plan.render(cot_style) if plan is not None else ("" if cot is None else str(cot))
+        negative = negative_cot.render(cot_style) if isinstance(negative_cot, CoT) else negative_cot
+        self._require_encoders()
+        truncation = self.text_encoder.truncation(text) if text else None
+        if truncation is not None:
+            warnings.warn(truncation.message(), stacklevel=2)
+        if negative:
+            cut = self.text_encoder.truncation(negative)
+            if cut is not None:
+                warnings.warn(cut.message("negative CoT"), stacklevel=2)
+        say("encoding the video and the CoT ...")
+        feats = self.extract_features(video, text, duration)
+        neg_text = self.text_encoder.encode_text([negative])[0] if negative is not None else None
         if self.offload_encoders if offload is None else offload:
             self.release_encoders()
         cond = self.condition(feats)
-        latents = self.sample_latents(cond, seed=seed, steps=steps, cfg_scale=cfg, progress=progress)
-        audio = self.decode(latents, feats.duration)[0]
-        return GenerationResult(audio, self.config.sample_rate, latents, feats.duration, cot)
+        uncond = None
+        if neg_text is not None:
+            cond, uncond = self.negative_condition(cond, neg_text)
+        seeds = tuple(int(seed) + k for k in range(num_samples))
+        latents = self.sample_latents(cond, seed=seeds, steps=steps, cfg_scale=cfg, progress=progress, uncond=uncond)
+        audio = self.decode(latents, feats.duration)
+        return GenerationResult(audio[0], self.config.sample_rate, latents, feats.duration, text, samples=audio,
+                                seeds=seeds, plan=plan, video=Path(video), truncation=truncation,
+                                negative_cot=negative)
 
     def sample_latents(
         self,
         cond: ConditionTokens,
-        seed: int = 0,
+        seed: int | tuple[int, ...] = 0,
         steps: int = 24,
         cfg_scale: float = 5.0,
         progress: Callable[[int, int], None] | None = None,
+        uncond: ConditionTokens | None = None,
     ) -> Tensor:
+        """Latents [K, C, N] for a condition batch of 1 (K = the number of seeds, one noise draw
+        each) or of K; `uncond` replaces CFG's zero branch (`negative_condition`)."""
         n = cond.sync.shape[1] if cond.sync is not None else None
         if n is None:
             raise PrismAudioError("the sync condition is required to know the latent length")
-        gen = torch.Generator(device="cpu").manual_seed(int(seed))
-        noise = torch.randn(cond.batch_size, self.config.dit.io_channels, n, generator=gen).to(self.device)
+        seeds = (seed,) if isinstance(seed, int) else tuple(seed)
+        if cond.batch_size not in (1, len(seeds)) and len(seeds) != 1:
+            raise PrismAudioError(f"{len(seeds)} seeds for a condition batch of {cond.batch_size}")
+        shape = (cond.batch_size if len(seeds) == 1 else 1, self.config.dit.io_channels, n)
         # the noise is drawn on the CPU in float32 whatever the device / dtype (same seed, same noise),
         # and the Euler state stays float32: only the network runs in `self.dtype`
-        fn = guided_velocity(_Float32Velocity(self.dit), cond, cfg_scale)
+        noise = torch.cat([torch.randn(*shape, generator=torch.Generator(device="cpu").manual_seed(int(s)))
+                           for s in seeds]).to(self.device)
+        fn = guided_velocity(_Float32Velocity(self.dit), cond, cfg_scale, uncond=uncond)
         return sample_ode(fn, noise, inference_timesteps(steps).to(self.device), progress=progress)
 
     def decode(self, latents: Tensor, duration: float) -> Tensor:
+        """Waveforms [K, 2, S] trimmed to exactly round(duration * sample_rate) samples."""
         audio = self.vae.decode(latents.to(next(self.vae.parameters()).dtype))
         audio = audio[..., : round(duration * self.config.sample_rate)]
         peak = audio.abs().amax(dim=(-1, -2), keepdim=True).clamp_min(1.0)
@@ -269,6 +412,36 @@ class PrismAudioPipeline(nn.Module):
             self.dit.to(dtype)
             self.conditioner.to(dtype)
         return self
+
+    def place(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> "PrismAudioPipeline":
+        """`to(device, dtype)` with what cannot run here refused in one line: a CUDA device that is
+        not visible, fp16 on the CPU (emulated, slow), bf16 on a GPU without it. None keeps as is."""
+        dev = None
+        if device is not None:
+            try:
+                dev = torch.device(device)
+            except (RuntimeError, TypeError):
+                raise PrismAudioError(f"device {device!r} is not a device (cuda, cuda:N or cpu)") from None
+            if dev.type == "cuda" and not torch.cuda.is_available():
+                raise PrismAudioError(f"device {device!r}: no CUDA GPU is visible to this PyTorch build; use 'cpu'")
+            if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+                raise PrismAudioError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+            if dev.type not in ("cuda", "cpu"):
+                raise PrismAudioError(f"device {device!r}: only cuda and cpu are supported")
+        dt = None
+        if dtype is not None:
+            dt = INFERENCE_DTYPES.get(dtype, None) if isinstance(dtype, str) else dtype
+            if not isinstance(dt, torch.dtype):
+                raise PrismAudioError(f"dtype {dtype!r}: choose one of {', '.join(INFERENCE_DTYPES)} or a torch dtype")
+            where = dev if dev is not None else self.device
+            if where.type == "cpu" and dt == torch.float16:
+                raise PrismAudioError("dtype fp16 is not supported on the CPU (slow, emulated half matmuls); "
+                                      "use bf16 or fp32 there, or a CUDA device")
+            if where.type == "cuda" and dt == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+                raise PrismAudioError(f"dtype bf16: {torch.cuda.get_device_name(where)} has no bf16 support")
+        if dev is None and dt is None:
+            return self
+        return self.to(*(a for a in (dev, dt) if a is not None))
 
     @property
     def dtype(self) -> torch.dtype:

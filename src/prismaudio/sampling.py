@@ -80,12 +80,13 @@ def _bcast(s: Scalar, x: Tensor) -> Tensor:
 
 # ------------------------------------------------------------------------------------ guidance
 def guided_velocity(
-    model: Callable[[Tensor, Tensor, ConditionTokens], Tensor], cond: ConditionTokens, cfg_scale: float
+    model: Callable[[Tensor, Tensor, ConditionTokens], Tensor], cond: ConditionTokens, cfg_scale: float,
+    uncond: ConditionTokens | None = None,
 ) -> VelocityFn:
     """Classifier-free guided velocity (§6): v = v_u + (v_c - v_u)·s with [cond ; uncond] batched.
 
     The unconditional branch is `cond.zeros_like()` (zeros in conditioner-output space, no learned
-    null). cfg_scale == 1 is one plain call. x may have batch k·B for a condition batch B: the
+    null), or `uncond` (same shapes as `cond`: a negative prompt's tokens). cfg_scale == 1 is one plain call. x may have batch k·B for a condition batch B: the
     conditions are then `repeat_interleave`d k times (cached per k), matching the group layout of
     `sample_mixed`. With autograd off and a model that has `prepare` (the DiT), its
     time-independent work is also cached per closure: build a new closure after changing weights.
@@ -101,7 +102,8 @@ def guided_velocity(
             if rows % b:
                 raise ValueError(f"velocity batch {rows} is not a multiple of the condition batch {b}")
             c = cond if rows == b else cond.repeat_interleave(rows // b)
-            cache[rows] = c if cfg_scale == 1 else c.cat(c.zeros_like())
+            u = c.zeros_like() if uncond is None else (uncond if rows == b else uncond.repeat_interleave(rows // b))
+            cache[rows] = c if cfg_scale == 1 else c.cat(u)
         if prepare is None or torch.is_grad_enabled():
             return cache[rows]  # with autograd on, recompute so gradients always see fresh weights
         key = (rows, x.shape[-1])

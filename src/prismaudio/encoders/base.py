@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import threading
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, TypeVar
 
 import torch
@@ -21,6 +22,38 @@ from ..errors import PrismAudioError
 from ..io.video import FrameSpec
 
 MODALITIES = ("video", "sync", "text")
+
+
+@dataclass(frozen=True)
+class TextTruncation:
+    """What a text encoder's token limit leaves out of one text (see `Encoder.truncation`)."""
+
+    kept: int  # tokens the encoder reads, special tokens included
+    total: int  # tokens of the whole text, special tokens included
+    dropped: str  # the text from the first token that is not read
+    mid_word: bool = False  # the cut falls inside a word (its first part is read)
+
+    def message(self, what: str = "CoT") -> str:
+        """One line: tokens kept / total and the first dropped words."""
+        words = self.dropped.split()
+        head = ("..." if self.mid_word else "") + " ".join(words[:8]) + (" ..." if len(words) > 8 else "")
+        return (f"the {what} is {self.total} text-encoder tokens; only the first {self.kept} are read, so "
+                f"{len(words)} words are dropped, from \"{head}\"")
+
+
+def hf_truncation(tokenizer: Any, text: str, max_length: int) -> TextTruncation | None:
+    """The `TextTruncation` of a Hugging Face fast tokenizer that truncates `text` to `max_length`
+    tokens (special tokens included), from the tokenizer's own truncated encoding and its offsets."""
+    full = tokenizer(text, truncation=False, add_special_tokens=True, verbose=False)["input_ids"]
+    if len(full) <= max_length:
+        return None
+    cut = tokenizer(text, truncation=True, max_length=max_length, add_special_tokens=True,
+                    return_offsets_mapping=True, verbose=False)
+    special = set(tokenizer.all_special_ids)
+    ends = [end for i, (_, end) in zip(cut["input_ids"], cut["offset_mapping"]) if i not in special]
+    start = ends[-1] if ends else 0
+    mid = 0 < start < len(text) and not text[start - 1].isspace() and not text[start].isspace()
+    return TextTruncation(kept=len(cut["input_ids"]), total=len(full), dropped=text[start:].lstrip(), mid_word=mid)
 
 
 class Encoder(nn.Module):
@@ -55,6 +88,10 @@ class Encoder(nn.Module):
 
     def encode_text(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         raise PrismAudioError(f"{type(self).__name__} is a {self.modality} encoder, not a text encoder")
+
+    def truncation(self, text: str) -> TextTruncation | None:
+        """What `encode_text([text])` leaves out at the encoder's token limit (None: nothing, or no limit)."""
+        return None
 
     def freeze(self) -> "Encoder":
         """Make the encoder a fixed feature extractor: no grads, eval mode for good."""

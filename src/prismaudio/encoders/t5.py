@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from ..errors import PrismAudioError
-from .base import FrozenEncoder, positive_int, register_encoder
+from .base import FrozenEncoder, TextTruncation, hf_truncation, positive_int, register_encoder
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
@@ -151,6 +151,13 @@ class _HFTextEncoder(FrozenEncoder):
         hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
         hidden = hidden.to(out_dtype) * mask.unsqueeze(-1).to(out_dtype)
         return hidden, mask.sum(1).long()
+
+    def truncation(self, text: str) -> TextTruncation | None:
+        """What an integer `max_length` drops from `text` (None with the official `max_length=None`)."""
+        if self.max_length is None:
+            return None
+        tok, _ = self._load()
+        return hf_truncation(tok, text, self.max_length)
 
     def forward(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         return self.encode_text(texts)

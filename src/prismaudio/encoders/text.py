@@ -7,7 +7,8 @@ text encoder on machines without internet. Choices, and why:
   like the official T5-Gemma features.
 * Truncation at `max_length` = 256 wordpieces including [CLS]/[SEP] (the sentence-transformers limit
   the model was trained with; its position table has 512). Longer text is cut, never an error; an
-  empty string gives just [CLS] [SEP].
+  empty string gives just [CLS] [SEP]. `truncation(text)` says what the cut drops (`generate`
+  warns with it), computed with the same tokenizer call, so the features are unchanged.
 * Lazy loading: the Hugging Face model is loaded on the first `encode_text`, so building a pipeline
   (or reading its config) costs nothing.
 * Never in our checkpoints: the HF model is stored *outside* the registered children (a plain
@@ -26,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..errors import PrismAudioError
-from .base import FrozenEncoder, positive_int, register_encoder
+from .base import FrozenEncoder, TextTruncation, hf_truncation, positive_int, register_encoder
 
 
 def default_model_dir() -> Path:
@@ -104,6 +105,11 @@ class MiniLMTextEncoder(FrozenEncoder):
         mask = batch["attention_mask"]
         hidden = hidden * mask.unsqueeze(-1).to(hidden.dtype)
         return hidden.to(out_dtype), mask.sum(1).long()
+
+    def truncation(self, text: str) -> TextTruncation | None:
+        """What the `max_length` cut of `encode_text` drops from `text` (the same tokenizer call)."""
+        tok, _ = self._load()
+        return hf_truncation(tok, text, self.max_length)
 
     def forward(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         return self.encode_text(texts)
