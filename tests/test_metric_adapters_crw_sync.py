@@ -231,3 +231,29 @@ def test_desync_long_clip_and_resampling(sync):
     assert off.shape == (1, 2) and torch.isclose(off[..., None], OFFSET_GRID).any(-1).all()
     with pytest.raises(PrismAudioError, match="videos vs"):
         sync.offsets(torch.rand(2, 20, 3, 32, 32), torch.randn(1, 1, 16000), SR)
+
+
+def test_desync_streams_cut_to_the_common_duration(sync):
+    """A video longer than its audio is scored on the audio's duration (segment k is the same 0.64 s in
+    both streams), so the last window compares the same seconds of video and audio."""
+    g = torch.Generator().manual_seed(7)
+    frames = torch.randint(0, 256, (1, 150, 3, 32, 32), dtype=torch.uint8, generator=g)
+    audio = torch.randn(1, 1, 80000, generator=g)  # 5 s of audio against 6 s of video
+    torch.testing.assert_close(sync.logits(frames, audio, SR), sync.logits(frames[:, :125], audio, SR))
+    assert not torch.allclose(sync.logits(frames, audio, SR), sync.logits(frames[:, 25:], audio, SR))
+
+
+def test_desync_audio_reader_mixes_down_then_resamples_as_torchaudio(tmp_path):
+    """av-benchmark reads audio with torchaudio: channel mean, then transforms.Resample to 16 kHz."""
+    import soundfile as sf
+
+    from prismaudio.metrics.adapters.desync import read_sync_audio
+    from prismaudio.metrics.adapters.resample import resample_transform
+
+    g = torch.Generator().manual_seed(8)
+    stereo = (torch.rand(2, 4800, generator=g) - 0.5).float()
+    path = tmp_path / "a.wav"
+    sf.write(str(path), stereo.T.numpy(), 48000, subtype="FLOAT")
+    wave = read_sync_audio(path)
+    assert wave.shape == (1600,)
+    assert torch.equal(wave, resample_transform(stereo.mean(0, keepdim=True), 48000, 16000)[0])

@@ -254,10 +254,13 @@ class SynchformerDesync:
 
     @torch.no_grad()
     def window_logits(self, vfeats: Tensor, afeats: Tensor) -> Tensor:
-        """[B, 2, 21]: compare_v_a on the first and on the last `window_segments` segments of each stream
-        (each stream sliced on its own, as av-benchmark's evaluate does)."""
-        w = self.net.cfg.window_segments
-        v, a = _pad_to(vfeats, w, 1).to(self.device), _pad_to(afeats, w, 1).to(self.device)
+        """[B, 2, 21]: compare_v_a on the first and on the last `window_segments` segments.
+
+        Segment k covers the same 0.64 s in both streams, so both are first cut to the common segment
+        count, i.e. to the common duration (the paper truncates the video to the generated audio;
+        av-benchmark reads both for the same --audio_length, where this changes nothing)."""
+        w, s = self.net.cfg.window_segments, min(vfeats.shape[1], afeats.shape[1])
+        v, a = _pad_to(vfeats[:, :s], w, 1).to(self.device), _pad_to(afeats[:, :s], w, 1).to(self.device)
         first = self.net.compare_v_a(v[:, :w], a[:, :w])
         last = self.net.compare_v_a(v[:, -w:], a[:, -w:])
         return torch.stack([first, last], dim=1).cpu()
