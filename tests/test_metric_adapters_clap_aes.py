@@ -64,21 +64,55 @@ def laion_dir(tmp_path_factory) -> Path:
     return d
 
 
+def _tiny_htsat(mel_sr: int):
+    from prismaudio.metrics.adapters.htsat import HTSAT, HTSATConfig
+
+    cfg = HTSATConfig(embed_dim=8, depths=(1, 1), num_heads=(1, 2), window_size=4, spec_size=128, mel_bins=32,
+                      n_fft=512, hop_size=320 if mel_sr == 32_000 else 480, num_classes=5)
+    return HTSAT(cfg, mel_sr=mel_sr)
+
+
+MSCLAP_OPTS = {"spec_size": 128, "duration": 2.0}
+LAION_OPTS = {"spec_size": 128, "max_len": 96_000}
+
+
 @pytest.fixture(scope="module")
-def msclap_dir(tmp_path_factory) -> Path:
-    from prismaudio.metrics.adapters.clap import MSClapNet
+def msclap_file(tmp_path_factory) -> Path:
+    """A tiny MS-CLAP 2023 release file ({'model': sd}, old GPT-2 buffers) with a GPT-2-style tokenizer in gpt2/."""
+    from transformers import GPT2Config, GPT2Model
+
+    from prismaudio.metrics.adapters.clap_nets import MSClapNet
 
     torch.manual_seed(1)
     d = tmp_path_factory.mktemp("msclap")
-    audio_cfg = _tiny_audio_config().to_dict()
-    text_cfg = {"vocab_size": 16, "n_embd": 32, "n_layer": 1, "n_head": 2, "n_positions": 32}
-    (d / "config.json").write_text(json.dumps({"audio_config": audio_cfg, "text_config": text_cfg,
-                                               "projection_dim": 24, "text_max_length": 12}))
-    net = MSClapNet(audio_cfg, text_cfg, 24)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(d / "model.safetensors"))
-    _feature_extractor(44_100).save_pretrained(str(d))
-    _tokenizer(d, gpt2=True)
-    return d
+    gpt2 = GPT2Model(GPT2Config(vocab_size=16, n_embd=32, n_layer=1, n_head=2, n_positions=128, bos_token_id=None,
+                                eos_token_id=None))
+    sd = MSClapNet(_tiny_htsat(32_000), gpt2, 24).state_dict()
+    sd["caption_encoder.base.h.0.attn.bias"] = torch.ones(1, 1, 128, 128, dtype=torch.bool).tril()
+    sd["caption_encoder.base.h.0.attn.masked_bias"] = torch.tensor(-1e4)
+    torch.save({"model": sd}, str(d / "CLAP_weights_2023.pth"))
+    (d / "gpt2").mkdir()
+    _tokenizer(d / "gpt2", gpt2=True)
+    return d / "CLAP_weights_2023.pth"
+
+
+@pytest.fixture(scope="module")
+def laion_file(tmp_path_factory) -> Path:
+    """A tiny laion_clap release .pt ({'epoch', 'state_dict': {'module.*'}} with position_ids), tokenizer beside."""
+    from transformers import RobertaConfig, RobertaModel
+
+    from prismaudio.metrics.adapters.clap_nets import LaionClapNet
+
+    torch.manual_seed(2)
+    d = tmp_path_factory.mktemp("laion_release")
+    roberta = RobertaModel(RobertaConfig(vocab_size=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                         intermediate_size=64, max_position_embeddings=80, type_vocab_size=1,
+                                         pad_token_id=1))
+    sd = {f"module.{k}": v for k, v in LaionClapNet(_tiny_htsat(48_000), roberta, 16).state_dict().items()}
+    sd["module.text_branch.embeddings.position_ids"] = torch.arange(80)[None]
+    torch.save({"epoch": 1, "state_dict": sd}, str(d / "tiny_laion.pt"))
+    _tokenizer(d, gpt2=False)
+    return d / "tiny_laion.pt"
 
 
 def _audio(b: int = 2, c: int = 2, sr: int = 16_000, seconds: float = 1.5, seed: int = 0) -> torch.Tensor:
@@ -89,27 +123,58 @@ def _audio(b: int = 2, c: int = 2, sr: int = 16_000, seconds: float = 1.5, seed:
 TEXTS = ["a dog barks", "rain falls"]
 
 
-@pytest.mark.parametrize("name", ["laion_clap", "ms_clap"])
-def test_clap_shapes_norm_score_roundtrip(name, laion_dir, msclap_dir):
-    path = laion_dir if name == "laion_clap" else msclap_dir
+CLAP_CASES = {"laion_clap_hf": ("laion_clap", "laion_dir", {}), "laion_clap": ("laion_clap", "laion_file", LAION_OPTS),
+              "ms_clap": ("ms_clap", "msclap_file", MSCLAP_OPTS)}
+
+
+@pytest.mark.parametrize("case", sorted(CLAP_CASES))
+def test_clap_shapes_norm_score_roundtrip(case, request):
+    name, fixture, opts = CLAP_CASES[case]
+    path = request.getfixturevalue(fixture)
     assert backend_role(name) == "clap"
-    clap = build_backend(name, path=str(path))
+    clap = build_backend(name, path=str(path), **opts)
     stereo = _audio(sr=22_050)  # non-native rate, stereo
     a = clap.embed_audio(stereo, 22_050)
     t = clap.embed_text(TEXTS)
     assert a.shape[0] == 2 and t.shape == a.shape
     assert torch.allclose(a.norm(dim=-1), torch.ones(2), atol=1e-5)
     assert torch.allclose(t.norm(dim=-1), torch.ones(2), atol=1e-5)
+    assert not torch.allclose(a[0], a[1], atol=1e-4) and not torch.allclose(t[0], t[1], atol=1e-4)
     s = clap.score(stereo, 22_050, TEXTS)
     assert s.shape == (2,) and bool(((s >= -1) & (s <= 1)).all())
     assert torch.allclose(s, (a * t).sum(-1), atol=1e-5)
-    mono = clap.embed_audio(stereo[0].mean(0, keepdim=True), 22_050)  # [C, S] one mono clip
-    assert torch.allclose(mono, a[:1], atol=1e-4)
-    again = build_backend(name, path=str(path))  # fresh load from disk: identical outputs
+    one = clap.embed_audio(stereo[1], 22_050)  # [C, S] one clip = its row of the batch
+    assert torch.allclose(one, a[1:], atol=1e-4)
+    again = build_backend(name, path=str(path), **opts)  # fresh load from disk: identical outputs
     assert torch.allclose(again.embed_audio(stereo, 22_050), a, atol=1e-6)
     assert torch.allclose(again.embed_text(TEXTS), t, atol=1e-6)
     with pytest.raises(PrismAudioError):
         clap.score(stereo, 22_050, TEXTS[:1])
+
+
+def test_msclap_tokens_channels_and_similarity(msclap_file):
+    """msclap's text rule (text + ' <|endoftext|>', '!' padding to text_len, no truncation, pooled at the last
+    non-'!' token), its channel flattening, and similarity = exp(logit_scale) * cosine."""
+    from prismaudio.metrics.adapters.clap import official_semantic_reward
+
+    clap = build_backend("ms_clap", path=str(msclap_file), text_len=12, **MSCLAP_OPTS)
+    vocab = clap.tokenizer.get_vocab()
+    ids, mask = clap.tokenize(["a dog barks"])
+    want = [vocab[w] for w in ("a", "dog", "barks", "<|endoftext|>")]
+    assert ids.shape == (1, 12) and ids[0, :4].tolist() == want and ids[0, 4:].eq(vocab["!"]).all()
+    assert mask[0].tolist() == [1] * 4 + [0] * 8
+    long = " ".join(["rain"] * 30)
+    ids2, _ = clap.tokenize(["a dog barks", long])
+    assert ids2.shape == (2, 31)  # not truncated to text_len, as msclap
+    assert torch.allclose(clap.embed_text_ids(ids2[:1], (ids2[:1] != 0).long()), clap.embed_text(["a dog barks"]),
+                          atol=1e-6)  # extra right padding changes nothing (causal GPT-2)
+    x = _audio(b=1, c=2, sr=44_100, seconds=0.5)
+    flat = clap.preprocess(x, 44_100)  # L then R, tiled to duration
+    assert torch.equal(flat[0, : 2 * x.shape[-1]], x[0].reshape(-1))
+    a, t = clap.embed_audio(x, 44_100), clap.embed_text(["a dog barks"])
+    sim = clap.similarity(x, 44_100, ["a dog barks"])
+    assert torch.allclose(sim, clap.logit_scale * (a * t).sum(-1), atol=1e-5)
+    assert torch.allclose(official_semantic_reward(clap, x, 44_100, ["a dog barks"]), sim / 80, atol=1e-7)
 
 
 @pytest.mark.parametrize("name", ["laion_clap", "ms_clap", "audiobox_aesthetics", "vggish", "passt"])
@@ -120,17 +185,19 @@ def test_missing_path_is_one_clear_error(name, tmp_path):
         build_backend(name, path=str(tmp_path / "nope"))
 
 
-def test_clap_wrong_keys(msclap_dir, tmp_path):
-    import shutil
-
-    d = tmp_path / "bad"
-    shutil.copytree(msclap_dir, d)
-    save_file({"audio_encoder.base.htsat.bn0.weight": torch.zeros(3)}, str(d / "model.safetensors"))
-    with pytest.raises(PrismAudioError, match="raw msclap"):
-        build_backend("ms_clap", path=str(d)).embed_text(TEXTS)
-    save_file({"foo.weight": torch.zeros(3)}, str(d / "model.safetensors"))
-    with pytest.raises(PrismAudioError, match="do not match"):
-        build_backend("ms_clap", path=str(d)).embed_text(TEXTS)
+def test_clap_wrong_keys(msclap_file, tmp_path):
+    bad = tmp_path / "bad.pth"
+    torch.save({"model": {"foo.weight": torch.zeros(3)}}, str(bad))
+    with pytest.raises(PrismAudioError, match="not an MS-CLAP 2023 checkpoint.*missing key"):
+        build_backend("ms_clap", path=str(bad)).embed_text(TEXTS)
+    sd = torch.load(str(msclap_file), weights_only=True)["model"]
+    sd["audio_encoder.projection.linear1.weight"] = torch.zeros(3, 3)
+    torch.save({"model": sd}, str(bad))
+    with pytest.raises(PrismAudioError, match="audio_encoder.projection.linear1.weight.*shape"):
+        build_backend("ms_clap", path=str(bad), **MSCLAP_OPTS).load()
+    (tmp_path / "other.pt").write_bytes(b"")
+    with pytest.raises(PrismAudioError, match="exactly one"):  # a directory must hold a single weight file
+        build_backend("ms_clap", path=str(tmp_path))
 
 
 # ---------------------------------------------------------------- Audiobox Aesthetics
