@@ -140,6 +140,15 @@ def _resample_16k(wave: Tensor, sr: int) -> Tensor:
     return resample(wave, sr, SR)
 
 
+def _positive(name: str, value: Any, number: bool = False) -> Any:
+    """A positive int (or number) parameter; configs come from YAML, so the type is checked."""
+    ok = (int, float) if number else int
+    if isinstance(value, bool) or not isinstance(value, ok) or not value > 0 or not math.isfinite(value):
+        raise PrismAudioError(f"backend {NAME!r}: {name} must be a positive {'number' if number else 'integer'}, "
+                              f"got {value!r}")
+    return value
+
+
 def _mono_16k(audio: Any, sr: int) -> Tensor:
     return _resample_16k(mono_at(audio, sr, sr, NAME), int(sr))
 
@@ -157,16 +166,16 @@ class SynchformerDesync:
                  protocol: str = "av_benchmark", batch_segments: int = 16, device: str = "cpu",
                  **declared: Any) -> None:
         self.path = require_path(path, NAME, EXPECTED)
-        self.heads, self.sync_heads = int(heads), int(sync_heads)
-        self.ast_heads = self.heads if ast_heads is None else int(ast_heads)
+        self.heads, self.sync_heads = _positive("heads", heads), _positive("sync_heads", sync_heads)
+        self.ast_heads = self.heads if ast_heads is None else _positive("ast_heads", ast_heads)
         self.protocol = get_protocol(protocol)
         known = {f.name for f in fields(SynchformerConfig)} | {"mlp_ratio"}
         unknown = sorted(set(declared) - known)
         if unknown:
-            raise PrismAudioError(f"backend {NAME!r}: unknown parameter(s) {unknown}")
-        self.declared = declared
+            raise PrismAudioError(f"backend {NAME!r}: unknown parameter(s) {unknown}; known: {sorted(known)}")
+        self.declared = {k: _positive(k, v, number=True) for k, v in declared.items()}
         self.size = self.protocol.crop  # callers that decode square frames ask for this size
-        self.batch_segments = max(1, int(batch_segments))
+        self.batch_segments = _positive("batch_segments", batch_segments)
         self.device = torch.device(device)
         self.logmel = LogMel().to(self.device)
         self._net: SynchformerNet | None = None
