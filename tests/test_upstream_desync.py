@@ -97,7 +97,8 @@ def test_upstream_desync_sizes_and_protocol_from_config(fx: dict[str, Any]) -> N
             c["f_max"], c["pad_value"], c["pad_after_log"]) == ("hann_periodic", True, "reflect", 2.0, "htk", None,
                                                                 0.0, None, 0.0, True)
     assert (net_mod.AST_LN_EPS, net_mod.AGG_LN_EPS) == (c["ast_layer_norm_eps"], c["freq_agg_layer_norm_eps"])
-    assert net.transformer.ln_f.eps == c["sync_layer_norm_eps"] and c["windows"] == ["first14", "last14"]
+    w = c["sync_segments_per_window"]
+    assert net.transformer.ln_f.eps == c["sync_layer_norm_eps"] and c["windows"] == [f"first{w}", f"last{w}"]
 
 
 def test_upstream_desync_logmel(fx: dict[str, Any], feats: dict[str, torch.Tensor]) -> None:
