@@ -74,7 +74,17 @@ def _options(cls: type, backend: str, given: dict[str, Any]) -> Any:
     bad = sorted(set(given) - names)
     if bad:
         raise PrismAudioError(f"backend {backend!r}: unknown option(s) {bad}; options: {sorted(names)}")
-    return cls(**given)
+    opts = cls(**given)
+    for f in fields(cls):
+        v = getattr(opts, f.name)
+        positive = f.name in _POSITIVE
+        if positive and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
+            raise PrismAudioError(f"backend {backend!r}: option {f.name} must be a positive number, got {v!r}")
+    return opts
+
+
+_POSITIVE = {"sampling_rate", "sample_rate", "duration", "max_len", "hop_size", "spec_size", "text_len",
+             "resample_lowpass_filter_width", "resample_rolloff"}
 
 
 @dataclass(frozen=True)
