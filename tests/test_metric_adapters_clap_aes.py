@@ -200,6 +200,18 @@ def test_clap_wrong_keys(msclap_file, tmp_path):
         build_backend("ms_clap", path=str(tmp_path))
 
 
+@pytest.mark.slow
+def test_htsat_release_sizes_read_back_from_tensors():
+    """The release HTSATs (MS-CLAP: HTSAT-tiny 96 / [2,2,6,2]; LAION: HTSAT-base 128 / [2,2,12,2]) are sized
+    from their state dicts alone, and the frozen front end of a fresh model is torchlibrosa's."""
+    from prismaudio.metrics.adapters.htsat import HTSAT, HTSATConfig, htsat_config_from_state_dict
+
+    for cfg, width in ((HTSATConfig(), 768), (HTSATConfig(embed_dim=128, depths=(2, 2, 12, 2), hop_size=480), 1024)):
+        sd = HTSAT(cfg).state_dict()
+        assert htsat_config_from_state_dict(sd, hop_size=cfg.hop_size) == cfg and cfg.num_features == width
+        assert sd["tscam_conv.weight"].shape[2:] == (2, 3) and sd["layers.3.blocks.1.attn.qkv.weight"].shape[1] == width
+
+
 # ---------------------------------------------------------------- Audiobox Aesthetics
 
 # tiny WavLM: 2 conv layers (hop 80), 2 transformer layers; strides are not in a checkpoint, so they are given
