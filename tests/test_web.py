@@ -16,6 +16,7 @@ where they fail. `PRISMAUDIO_WEB_SCREENSHOT=docs/images/demo.png` writes the REA
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -116,14 +117,9 @@ def _browser_or_skip() -> None:
     problems = []
     if not Path(CHROMIUM).is_file():
         problems.append(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium)")
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        problems.append("playwright is not installed (pip install -e '.[dev]')")
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
-        problems.append("gradio is not installed (pip install -e '.[dev]')")
+    for module in ("playwright", "gradio"):  # found, not imported: the server imports gradio itself
+        if importlib.util.find_spec(module) is None:
+            problems.append(f"{module} is not installed (pip install -e '.[dev]')")
     if problems:
         reason = "web demo browser test: " + "; ".join(problems)
         if IN_CI:
@@ -145,9 +141,13 @@ def _peak_rss_mb(pid: int) -> float:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    """The demo in a subprocess: (url, info dict); on teardown it is stopped and checked clean."""
+def demo(tmp_path_factory: pytest.TempPathFactory):
+    """The demo server in a subprocess and a headless Chromium (launched while the server starts):
+    a dict with url, browser, tmp, metrics. On teardown the server is stopped with SIGTERM and
+    checked to have left nothing behind."""
     _browser_or_skip()
+    from playwright.sync_api import sync_playwright
+
     base = tmp_path_factory.mktemp("web")
     dirs = {k: base / k for k in ("home", "cwd", "tmp")}
     for d in dirs.values():
@@ -162,21 +162,28 @@ def server(tmp_path_factory: pytest.TempPathFactory):
          "--example", str(EXAMPLE)],
         cwd=dirs["cwd"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    url = None
+    info: dict = {"tmp": dirs["tmp"], "metrics": {}}
     try:
-        deadline = time.monotonic() + 90
-        while url is None and time.monotonic() < deadline and proc.poll() is None:
-            line = proc.stdout.readline()
-            if "serving on" in line:
-                url = line.split("serving on", 1)[1].split()[0]
-        if url is None:
-            proc.kill()
-            pytest.fail(f"the demo server did not start: {proc.communicate(timeout=10)[1][-3000:]}")
-        info = {"startup_s": time.perf_counter() - t0, "pid": proc.pid, "tmp": dirs["tmp"], "metrics": {}}
-        assert url.startswith(f"http://127.0.0.1:{port}")
-        assert len(list(dirs["tmp"].iterdir())) == 1  # the server's own temporary folder, inside --tmpdir
-        yield url, info
-        info["metrics"]["server_peak_rss_mb"] = round(_peak_rss_mb(proc.pid), 1)
+        with sync_playwright() as p:
+            info["browser"] = p.chromium.launch(executable_path=CHROMIUM, args=[
+                "--no-sandbox", "--disable-background-networking", "--disable-component-update", "--no-first-run",
+                "--disable-sync", "--disable-default-apps", "--autoplay-policy=no-user-gesture-required"])
+            url = None
+            deadline = time.monotonic() + 120
+            while url is None and time.monotonic() < deadline and proc.poll() is None:
+                line = proc.stdout.readline()
+                if "serving on" in line:
+                    url = line.split("serving on", 1)[1].split()[0]
+            if url is None:
+                proc.kill()
+                pytest.fail(f"the demo server did not start: {proc.communicate(timeout=10)[1][-3000:]}")
+            info["url"] = url
+            info["metrics"]["server_startup_s"] = round(time.perf_counter() - t0, 2)
+            assert url.startswith(f"http://127.0.0.1:{port}")
+            assert len(list(dirs["tmp"].iterdir())) == 1  # the server's own temporary folder, inside --tmpdir
+            yield info
+            info["metrics"]["server_peak_rss_mb"] = round(_peak_rss_mb(proc.pid), 1)
+            info["browser"].close()
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -191,40 +198,28 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     assert list(dirs["cwd"].iterdir()) == []
     assert list(dirs["home"].rglob("*")) == []
     assert not netlog.exists(), f"the server connected off the machine: {netlog.read_text()}"
-    _write_metrics(info)
+    _write_metrics(info["metrics"])
 
 
-def _write_metrics(info: dict) -> None:
-    m = {"server_startup_s": round(info["startup_s"], 2), **info["metrics"]}
+def _write_metrics(m: dict) -> None:
     print(f"\nweb demo measurements: {json.dumps(m)}")
     if os.environ.get("PRISMAUDIO_WEB_METRICS"):
         Path(os.environ["PRISMAUDIO_WEB_METRICS"]).write_text(json.dumps(m, indent=1) + "\n")
 
 
 @pytest.fixture(scope="module")
-def browser(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-background-networking", "--disable-component-update", "--no-first-run",
-            "--disable-sync", "--disable-default-apps", "--autoplay-policy=no-user-gesture-required"])
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(server, browser):
-    """A fresh page on the demo, recording every request it makes."""
-    url, info = server
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+def page(demo):
+    """One page on the demo for the module's browser tests (a user's session), recording every request
+    it makes; each test brings the page to the state it needs."""
+    url = demo["url"]
+    context = demo["browser"].new_context(viewport={"width": 1400, "height": 1000})
     pg = context.new_page()
     requests: list[str] = []
     pg.on("request", lambda r: requests.append(r.url))
     t0 = time.perf_counter()
     pg.goto(url)
     pg.wait_for_selector("#generate-btn", state="visible")
-    info["metrics"].setdefault("page_load_s", round(time.perf_counter() - t0, 2))
+    demo["metrics"].setdefault("page_load_s", round(time.perf_counter() - t0, 2))
     yield pg
     context.close()
     offsite = [r for r in requests if not r.startswith(("data:", "blob:")) and not r.startswith(url.rstrip("/"))]
@@ -235,10 +230,10 @@ def _box(page, module: str):
     return page.locator(f"#cot-{module} textarea")
 
 
-def test_browser_upload_edit_generate_play(server, page, tmp_path: Path) -> None:
+def test_browser_upload_edit_generate_play(demo, page, tmp_path: Path) -> None:
     import av
 
-    url, info = server
+    url, info = demo["url"], demo
     page.set_input_files("#video-in input[type=file]", str(EXAMPLE))
     page.wait_for_function("document.querySelector('#cot-semantic textarea').value.length > 0", timeout=60_000)
     assert "CoT planned by 'offline'" in page.inner_text("#status")
@@ -247,6 +242,7 @@ def test_browser_upload_edit_generate_play(server, page, tmp_path: Path) -> None
 
     t0 = time.perf_counter()
     page.click("#generate-btn")
+    page.get_by_text("sampling step").first.wait_for(timeout=60_000)  # the progress bar
     page.wait_for_function("() => { const v = document.querySelector('#video-out video');"
                            " return v && v.currentSrc && v.readyState >= 3; }", timeout=120_000)
     info["metrics"]["click_to_playable_s"] = round(time.perf_counter() - t0, 2)
@@ -279,23 +275,10 @@ def test_browser_upload_edit_generate_play(server, page, tmp_path: Path) -> None
     assert shot.stat().st_size > 10_000
 
 
-def test_browser_refuses_oversized_and_non_video(server, page, tmp_path: Path) -> None:
-    big = tmp_path / "big.mp4"
-    big.write_bytes(os.urandom(int(1.5 * MB)))  # the server runs with --max-upload-mb 1
-    page.set_input_files("#video-in input[type=file]", str(big))
-    page.get_by_text("exceed the maximum allowed size").wait_for(timeout=20_000)
-    assert not list(server[1]["tmp"].rglob("big.mp4"))  # never stored
-    junk = tmp_path / "junk.mp4"
-    junk.write_bytes(os.urandom(3000))
-    page.set_input_files("#video-in input[type=file]", str(junk))
-    page.wait_for_function("document.querySelector('#status').innerText.includes('junk.mp4')", timeout=20_000)
-    assert "junk.mp4 is not a readable video" in page.inner_text("#status")
-    assert _box(page, "semantic").input_value() == ""  # nothing was planned
-
-
-def test_browser_compare_two_seeds(server, page) -> None:
-    page.click("#example-btn")
-    page.wait_for_function("document.querySelector('#cot-semantic textarea').value.length > 0", timeout=60_000)
+def test_browser_compare_seeds_and_cots(demo, page) -> None:
+    if not _box(page, "semantic").input_value():  # run alone: start from the example
+        page.click("#example-btn")
+        page.wait_for_function("document.querySelector('#cot-semantic textarea').value.length > 0", timeout=60_000)
     page.locator("#steps input[type=number]").fill("4")
     page.locator("#steps input[type=number]").press("Enter")
     page.get_by_role("tab", name="Compare").click()
@@ -303,5 +286,45 @@ def test_browser_compare_two_seeds(server, page) -> None:
     page.wait_for_function("() => ['#video-a', '#video-b'].every(s => { const v = document.querySelector(s + ' video');"
                            " return v && v.currentSrc; })", timeout=120_000)
     srcs = page.eval_on_selector_all("#video-a video, #video-b video", "els => els.map(e => e.currentSrc)")
-    assert len(set(srcs)) == 2
-    assert "A and B generated" in page.inner_text("#status")
+    a, b = (urllib.request.urlopen(s, timeout=30).read() for s in srcs)
+    assert a != b  # two seeds, two soundtracks
+    assert "A and B generated in" in page.inner_text("#status") and "(two seeds)" in page.inner_text("#status")
+
+    page.locator("#compare-mode").get_by_text("two CoTs").click()
+    page.click("#copy-btn")
+    page.wait_for_function("document.querySelector('#cot-b textarea').value.startsWith('Semantic: ')")
+    cot_b = page.locator("#cot-b textarea")
+    cot_b.fill(cot_b.input_value().replace("Spatial: ", "Spatial: Very close, on the right. ", 1))
+    page.click("#compare-btn")
+    page.wait_for_function("document.querySelector('#status').innerText.includes('(two CoTs)')", timeout=120_000)
+    srcs_2 = page.eval_on_selector_all("#video-a video, #video-b video", "els => els.map(e => e.currentSrc)")
+    # gradio serves files by content hash: A (seed 0, the boxes) is bit-identical to the first A, B is new
+    assert srcs_2[0] == srcs[0] and srcs_2[1] not in srcs
+
+
+def _clear_video(page) -> None:
+    """Empty the video input (its file field only exists while it is empty)."""
+    if page.locator("#video-in video").count():
+        page.locator("#video-in button[aria-label='Clear']").click()
+    page.wait_for_selector("#video-in input[type=file]", state="attached")
+
+
+def test_browser_refuses_oversized_and_non_video(demo, page, tmp_path: Path) -> None:
+    _clear_video(page)
+    big = tmp_path / "big.mp4"
+    big.write_bytes(os.urandom(int(1.5 * MB)))  # the server runs with --max-upload-mb 1
+    page.set_input_files("#video-in input[type=file]", str(big))
+    page.get_by_text("exceed the maximum allowed size").wait_for(timeout=20_000)
+    assert not list(demo["tmp"].rglob("big.mp4"))  # never stored
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(os.urandom(3000))
+    _clear_video(page)
+    page.set_input_files("#video-in input[type=file]", str(junk))
+    page.wait_for_function("document.querySelector('#status').innerText.includes('junk.mp4')", timeout=20_000)
+    assert "junk.mp4 is not a readable video" in page.inner_text("#status")
+    page.wait_for_function("!document.querySelector('#video-in video')", timeout=20_000)  # not kept
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a video")
+    _clear_video(page)
+    page.set_input_files("#video-in input[type=file]", str(notes))
+    page.get_by_text("Invalid file type").wait_for(timeout=20_000)

@@ -44,8 +44,8 @@ def theme() -> gr.themes.Base:
     return gr.themes.Default(font=SYSTEM_FONTS, font_mono=MONO_FONTS)
 
 
-def _ok(text: str) -> str:
-    return text
+def _ok(text: str, notes: tuple[str, ...] = ()) -> str:
+    return "\n\n".join([text, *(f"**Note:** {n}" for n in dict.fromkeys(notes))])
 
 
 def _refused(e: Exception) -> str:
@@ -108,8 +108,8 @@ def build_app(gen: Generator, cfg: PageConfig) -> gr.Blocks:
         except PrismAudioError as e:
             return (gr.update(), gr.update(), gr.update(), _refused(e))
         note = "" if cot is not None else " (all four CoT boxes were empty: unconditioned text)"
-        return (str(res.mp4), str(res.png), res.downloads,
-                _ok(f"generated {res.duration:.2f} s of stereo sound in {res.seconds:.1f} s, seed {int(seed)}{note}"))
+        msg = f"generated {res.duration:.2f} s of stereo sound in {res.seconds:.1f} s, seed {int(seed)}{note}"
+        return (str(res.mp4), str(res.png), res.downloads, _ok(msg, res.notes))
 
     def compare(video: str | None, sem: str, tem: str, aes: str, spa: str, steps: float, cfg_scale: float,
                 seed: float, mode: str, seed_b: float, cot_b_text: str,
@@ -129,7 +129,7 @@ def build_app(gen: Generator, cfg: PageConfig) -> gr.Blocks:
         except PrismAudioError as e:
             return (*(gr.update() for _ in range(4)), _refused(e))
         return (str(a.mp4), str(a.png), str(b.mp4), str(b.png),
-                _ok(f"A and B generated in {a.seconds + b.seconds:.1f} s ({mode})"))
+                _ok(f"A and B generated in {a.seconds + b.seconds:.1f} s ({mode})", a.notes + b.notes))
 
     def copy_cot(sem: str, tem: str, aes: str, spa: str) -> str:
         cot = cot_from_boxes(sem, tem, aes, spa)
@@ -163,7 +163,7 @@ def build_app(gen: Generator, cfg: PageConfig) -> gr.Blocks:
             with gr.Column(scale=1):
                 with gr.Tabs():
                     with gr.Tab("Result", elem_id="tab-result"):
-                        video_out = gr.Video(label="Video with the new soundtrack", interactive=False,
+                        video_out = gr.Video(label="Video with the new soundtrack", interactive=False, height=360,
                                              elem_id="video-out")
                         spec_out = gr.Image(label="Spectrogram (left / right)", type="filepath", interactive=False,
                                             elem_id="spec-out")

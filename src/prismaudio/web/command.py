@@ -120,12 +120,14 @@ def run(args: argparse.Namespace) -> int:
             raise PrismAudioError(f"cannot serve on {args.host}:{args.port}: {e}") from None
         print(f"prismaudio demo: serving on {url} (Ctrl-C to stop)", flush=True)
         log(f"temporary folder {ws.root} (removed on exit)")
+        if args.host not in ("127.0.0.1", "localhost", "::1"):
+            log(f"warning: --host {args.host} makes the demo reachable from other machines (no authentication)")
         while not stop.wait(0.5):
             pass
         return 0
     finally:
         if demo is not None:
-            demo.close()
+            demo.close(verbose=False)
         ws.close()
         for s, h in previous.items():
             signal.signal(s, h)

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +135,7 @@ class JobResult:
     cot_json: Path | None
     duration: float
     seconds: float  # wall time of the job
+    notes: tuple[str, ...] = ()  # warnings raised while generating, shown in the page
 
     @property
     def downloads(self) -> list[str]:
@@ -170,7 +172,11 @@ class Generator:
                 report(0.05 + 0.85 * i / total, f"sampling step {i}/{total}")
 
             text = cot.render(self.cot_style) if cot is not None else ""
-            result = self.pipe.generate(video, cot=text, seed=seed, steps=steps, cfg_scale=float(cfg), progress=step)
+            with warnings.catch_warnings(record=True) as caught:  # e.g. what the text encoder's limit cut
+                warnings.simplefilter("always")
+                result = self.pipe.generate(video, cot=text, seed=seed, steps=steps, cfg_scale=float(cfg),
+                                            progress=step)
+        notes = tuple(dict.fromkeys(str(w.message) for w in caught))
         report(0.92, "writing WAV, MP4 and spectrogram")
         job = self.workspace.new_job()
         wav, mp4, png = job / f"{name}.wav", job / f"{name}.mp4", job / f"{name}.png"
@@ -182,4 +188,4 @@ class Generator:
             cot_json = job / f"{name}.cot.json"
             cot_json.write_text(cot.to_json() + "\n", encoding="utf-8")
         report(1.0, "done")
-        return JobResult(job, wav, mp4, png, cot_json, result.duration, time.perf_counter() - t0)
+        return JobResult(job, wav, mp4, png, cot_json, result.duration, time.perf_counter() - t0, notes)
