@@ -34,10 +34,13 @@ stage foundation configs/train/foundation_mini.yaml runs/foundation_mini
 stamp foundation
 # The two CoT variants run side by side, one core each (same total work, half the wall clock of
 # running them one after the other with two threads each on this tiny model).
-OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 stage cot_multi configs/train/cot_mini.yaml runs/cot_mini &
+# cot_mini.yaml fine-tunes the shipped model by default; here both start from this run's foundation.
+FOUNDATION=runs/foundation_mini/final
+OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 stage cot_multi configs/train/cot_mini.yaml runs/cot_mini \
+    --set model=$FOUNDATION &
 multi=$!
 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 stage cot_none configs/train/cot_mini.yaml runs/cot_none_mini \
-    --set cot_variant=none &
+    --set model=$FOUNDATION --set cot_variant=none &
 none=$!
 wait $multi
 wait $none

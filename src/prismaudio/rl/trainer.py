@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable
 from copy import deepcopy
 from pathlib import Path
@@ -49,6 +50,26 @@ from .weights import content_weights
 
 Log = Callable[[str], None]
 FROZEN_PARAMS = ("empty_clip_feat", "empty_sync_feat")  # official: frozen in GRPO (§10.6)
+POST_TRAINED = "post_training.json"  # written into an exported GRPO model: what post-trained it
+
+
+def post_training_of(model: str | Path) -> dict[str, Any] | None:
+    """What already post-trained the model directory `model` (a GRPO export's `post_training.json`, or the
+    `post_training` section `make grpo-default` puts in a shipped model's metrics.json), else None."""
+    root = Path(model)
+    for path, key in ((root / POST_TRAINED, None), (root / "metrics.json", "post_training")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        found = data if key is None else (data.get(key) if isinstance(data, dict) else None)
+        if isinstance(found, dict):
+            return found
+    return None
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
 class GRPOTrainer:
@@ -57,12 +78,22 @@ class GRPOTrainer:
     def __init__(self, cfg: GRPOConfig, out_dir: str | Path, resume: bool = False, log: Log = print_log) -> None:
         self.cfg = cfg
         self.out = Path(out_dir)
+        done = post_training_of(cfg.model)
+        if done is not None and not resume:  # first, before any slow work
+            warnings.warn(f"{cfg.model} is already post-trained ({done.get('algorithm', 'GRPO')}, "
+                          f"{done.get('iterations', '?')} iterations); this run post-trains it again. "
+                          "`make train-default` rebuilds the CoT base (as `make grpo-default` requires)", stacklevel=2)
         self.harness = h = RunHarness(self.out, seed=cfg.seed, resume=resume, log=log)  # GA by hand: see validate
         self.acc, self.main, self.log, self.generator = h.acc, h.main, h.log, h.generator
+        self.log(f"loading the model {cfg.model} ...")
         self.pipe = build_pipeline(cfg.model, cfg.seed)
         h.check_resume(self.pipe.config.to_dict(), "grpo")
+        t0 = time.perf_counter()
+        self.log(f"preparing the prompts: decoding the clips of {cfg.data.manifest or cfg.data.features} and "
+                 "computing their conditions once (cached in data.cache_dir when set) ...")
         with self.acc.main_process_first():  # rank 0 decodes and fills the data cache; the others read it
             self._build_data()
+        self.log(f"prepared {len(self.rows)} prompts in {_duration(time.perf_counter() - t0)}")
         self.pipe.to(h.device).requires_grad_(False).eval()
         self.dit = self.pipe.dit
         params = [p for n, p in self.dit.named_parameters() if n.split(".")[-1] not in FROZEN_PARAMS]
@@ -279,9 +310,20 @@ class GRPOTrainer:
         cfg = self.cfg
         t_start, start_iter = time.perf_counter(), self.iter
         history: list[dict[str, Any]] = []
+        if self.iter < cfg.iterations:
+            self.log(f"iteration {self.iter + 1}/{cfg.iterations}: {cfg.prompts_per_iter} prompts x {cfg.group_size} "
+                     "rollouts, decode, rewards, update (the first one also warms up) ...")
         while self.iter < cfg.iterations:
             rec = self.iteration()
             history.append(rec)
+            left = cfg.iterations - self.iter
+            if len(history) == 1 and left:
+                took = time.perf_counter() - t_start
+                self.log(f"iteration {self.iter} took {_duration(took)}; about {_duration(took * left)} "
+                         f"for the {left} left")
+            elif left and self.iter % cfg.checkpoint_every == 0:
+                rate = (time.perf_counter() - t_start) / len(history)
+                self.log(f"about {_duration(rate * left)} left ({left} iterations)")
             if self.iter % cfg.log_every == 0 or self.iter == cfg.iterations:
                 self._write_log(rec)
             if self.iter % cfg.checkpoint_every == 0 or self.iter == cfg.iterations:
@@ -316,6 +358,8 @@ class GRPOTrainer:
                                    "rank_weight_hashes": hashes, "ranks_in_sync": len(set(hashes)) == 1,
                                    "final": str(self.out / FINAL), "reward_curve": [r["reward"] for r in history]}
 
+        cfg_algo = {"grpo": "GRPO"}.get(self.cfg.algorithm, self.cfg.algorithm.upper())
+
         def export() -> None:
             p = self.pipe
             from ..pipeline import PrismAudioPipeline
@@ -323,6 +367,9 @@ class GRPOTrainer:
             PrismAudioPipeline(p.config, h.ema_module(self.model, self.ema), p.conditioner, p.vae, p.video_encoder,
                                p.sync_encoder, p.text_encoder).save_pretrained(self.out / FINAL)
             (self.out / "grpo_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+            marker = {"algorithm": f"{cfg_algo} ({self.cfg.sampler.mode})", "iterations": self.iter,
+                      "base": self.cfg.model, "rewards": self.cfg.rewards}
+            (self.out / FINAL / POST_TRAINED).write_text(json.dumps(marker, indent=1) + "\n")
             self.log(f"done: iteration {self.iter}, {self.opt_steps} optimizer steps; EMA model in {self.out / FINAL}")
 
         h.finish(export)
