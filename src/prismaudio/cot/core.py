@@ -20,8 +20,10 @@ Renderings (`CoT.render`), one per Table 3 variant:
 Limits (why: a runaway LLM answer must not blow up memory or the text encoder, and a CoT far beyond
 what any text encoder reads is a bug upstream): each module is cut to `MAX_MODULE_CHARS` and the
 whole CoT to `MAX_TOTAL_CHARS` (longest modules cut first), at a word boundary, with a warning.
-The text encoders cut again at their own token limit (MiniLM: 256 wordpieces); see
-`truncate_for_encoder` to do that visibly beforehand.
+The text encoders cut again at their own token limit (MiniLM: 256 wordpieces, the documented
+limit the `mini` model was trained with); `PrismAudioPipeline.generate` keeps that cut (same
+features) and says in one warning what it drops (`Encoder.truncation`: tokens kept / total, the
+first dropped words). `truncate_for_encoder` cuts at a word boundary beforehand instead.
 """
 
 from __future__ import annotations
