@@ -253,12 +253,13 @@ class StereoCRW:
 
     def official_itd(self, audio: Any, sr: int, cfg: ITDRewardConfig | None = None) -> dict[str, Tensor]:
         """The official reward's per-file ITDs of one file ([2, S] at `sr`): ``crw_itd_ms``, ``gcc_itd_ms``
-        (float64 scalars) and ``crw_itd_per_patch`` (seconds)."""
+        (float64 scalars), ``crw_itd_per_patch`` (seconds) and the patch features ``feat_left`` / ``feat_right``."""
         cfg = cfg or ITDRewardConfig()
         clip = official_itd_clip(audio, sr, cfg)
-        rows = crw_itd_rows(*self.reward_features(clip, cfg), cfg)[0]
+        left, right = self.reward_features(clip, cfg)
+        rows = crw_itd_rows(left, right, cfg)[0]
         return {"crw_itd_ms": rows.mean().double() * 1000, "gcc_itd_ms": gcc_phat_itd_ms(clip, cfg),
-                "crw_itd_per_patch": rows}
+                "crw_itd_per_patch": rows, "feat_left": left[0], "feat_right": right[0]}
 
 
 @dataclass(frozen=True)
@@ -346,7 +347,8 @@ def crw_itd_rows(feat_left: Tensor, feat_right: Tensor, cfg: ITDRewardConfig | N
 def gcc_phat_itd_ms(clip: Tensor, cfg: ITDRewardConfig | None = None) -> Tensor:
     """The reward's GCC-PHAT baseline (ms, float64) of one clip [2, T]: `patch_num` windows of `gcc_fft` samples
     every `gcc_step`, cross-spectrum over n = 2 * gcc_fft, PHAT weighting, lags within +/- max shift,
-    argmax |cc| (first on ties), itd = -shift / fs, mean over windows."""
+    argmax |cc| (first on ties), itd = -shift / fs, mean over windows. The reward holds these ITDs in float32
+    (its value is the float32 mean times 1000: 0.12500000593718141 ms, not 0.125), and so do we."""
     cfg = cfg or ITDRewardConfig()
     x = clip.double()
     starts = torch.arange(cfg.patch_num) * cfg.gcc_step
@@ -356,7 +358,7 @@ def gcc_phat_itd_ms(clip: Tensor, cfg: ITDRewardConfig | None = None) -> Tensor:
     cc = torch.fft.irfft(r / (r.abs() + cfg.gcc_eps), n=n)
     cc = torch.cat([cc[:, -ms:], cc[:, : ms + 1]], dim=-1)
     shift = cc.abs().argmax(-1) - ms
-    return (-shift.double() / cfg.samp_sr).mean() * 1000
+    return (-shift.double() / cfg.samp_sr).float().mean().double() * 1000
 
 
 def official_itd_reward(gen: dict[str, Tensor], gt: dict[str, Tensor], cfg: ITDRewardConfig | None = None) -> Tensor:
