@@ -20,6 +20,24 @@ a name in `REWARD_PROVIDERS` on first use, so ``get_reward("semantic")`` works w
 importing it first; a module registering a new name should add itself there (or be imported
 before use). Only simple, dependency-free rewards are registered in this file (`loudness`).
 
+Official variants (`prismaudio.metrics.official_rewards`), computed as the official PrismAudio reward
+code computes them, each on the real model loaded from the local checkpoint the real-config YAML
+names (`prismaudio.metrics.real_config`; ``configs/eval/real.yaml``):
+
+* ``official_semantic``   MS-CLAP 2023 similarity / 80;
+* ``official_temporal``   Synchformer on the reward's own input pipeline, first 9 s, ``(2 - |offset|) / 4``;
+* ``official_aesthetic``  Audiobox Aesthetics ``(CE + CU - PC + PQ) / 40``;
+* ``official_spatial``    StereoCRW + GCC-PHAT ITD on one 6 s clip against the reference audio,
+  ``-(5 MSE_crw / 2 + 5 MSE_gcc) / 2`` (ms^2).
+
+`REWARD_PRESETS` holds named weight sets: ``"official"`` is the official 8-GPU mix (0.6 sync +
+1.0 MS-CLAP + 0.4 ITD + 0.1 aesthetic) on these variants, ``"paper"`` the same weights on the
+judge-backed rewards (the `RewardConfig` default).
+
+A reward may register a ``prepare`` hook (``register_reward(name, prepare=fn)``): `prepare_rewards`
+runs it before any batch, so a configuration mistake (a missing checkpoint path) is one
+`PrismAudioError` for the run, not a NaN batch after batch.
+
 Failure policy (never propagate a NaN into GRPO advantages):
 
 * `compute_rewards` runs every reward inside ``try``; a reward that raises becomes NaN for the
@@ -52,6 +70,7 @@ log = logging.getLogger(__name__)
 RewardFn = Callable[[Tensor, int, "RewardContext"], Tensor]
 
 _REGISTRY: dict[str, RewardFn] = {}
+_PREPARE: dict[str, Callable[[], None]] = {}
 
 # name -> module that registers it on import (imported lazily by `get_reward`).
 REWARD_PROVIDERS: dict[str, str] = {
@@ -59,6 +78,20 @@ REWARD_PROVIDERS: dict[str, str] = {
     "temporal": "prismaudio.metrics.temporal",
     "aesthetic": "prismaudio.metrics.aesthetic",
     "spatial": "prismaudio.metrics.spatial_reward",
+    "official_semantic": "prismaudio.metrics.official_rewards",
+    "official_temporal": "prismaudio.metrics.official_rewards",
+    "official_aesthetic": "prismaudio.metrics.official_rewards",
+    "official_spatial": "prismaudio.metrics.official_rewards",
+}
+
+# Named weight sets (eq. 5 lambda_k). "official": the official 8-GPU config's mix on the official
+# variants (its 4-GPU config uses MS-CLAP alone: {"official_semantic": 1.0}); "paper": the same weights
+# under the paper's dimension names, on the judge-backed rewards.
+REWARD_PRESETS: dict[str, dict[str, float]] = {
+    "official": {"official_temporal": 0.6, "official_semantic": 1.0, "official_spatial": 0.4,
+                 "official_aesthetic": 0.1},
+    "official_4gpu": {"official_semantic": 1.0},
+    "paper": {"semantic": 1.0, "temporal": 0.6, "aesthetic": 0.1, "spatial": 0.4},
 }
 
 
@@ -90,9 +123,7 @@ class RewardConfig:
     """Reward weights lambda_k of eq. 5. Default: the official 8-GPU mix
     0.6 sync + 1.0 MS-CLAP + 0.4 ITD + 0.1 aesthetic, under the paper's dimension names."""
 
-    weights: dict[str, float] = field(
-        default_factory=lambda: {"semantic": 1.0, "temporal": 0.6, "aesthetic": 0.1, "spatial": 0.4}
-    )
+    weights: dict[str, float] = field(default_factory=lambda: dict(REWARD_PRESETS["paper"]))
 
     def __post_init__(self) -> None:
         for name, w in self.weights.items():
@@ -112,16 +143,39 @@ def reward_config_from_dict(data: Mapping[str, Any]) -> RewardConfig:
 # Registry
 
 
-def register_reward(name: str, *, overwrite: bool = False) -> Callable[[RewardFn], RewardFn]:
-    """Decorator registering `fn` under `name`; re-registering a name needs ``overwrite=True``."""
+def register_reward(name: str, *, overwrite: bool = False,
+                    prepare: Callable[[], None] | None = None) -> Callable[[RewardFn], RewardFn]:
+    """Decorator registering `fn` under `name`; re-registering a name needs ``overwrite=True``.
+    `prepare` (optional) checks / builds what the reward needs; it raises `PrismAudioError` on a
+    configuration mistake and is run by `prepare_rewards` (cheap once done: it caches)."""
 
     def deco(fn: RewardFn) -> RewardFn:
         if name in _REGISTRY and not overwrite and _REGISTRY[name] is not fn:
             raise PrismAudioError(f"reward {name!r} is already registered")
         _REGISTRY[name] = fn
+        if prepare is not None:
+            _PREPARE[name] = prepare
+        else:
+            _PREPARE.pop(name, None)
         return fn
 
     return deco
+
+
+def prepare_rewards(names: Iterable[str]) -> None:
+    """Resolve every name and run its ``prepare`` hook: a missing checkpoint fails here, once."""
+    for name in names:
+        get_reward(name)
+        hook = _PREPARE.get(name)
+        if hook is not None:
+            hook()
+
+
+def reward_preset(name: str) -> dict[str, float]:
+    """A copy of the weights of preset `name` (see `REWARD_PRESETS`)."""
+    if name not in REWARD_PRESETS:
+        raise PrismAudioError(f"unknown reward preset {name!r}; presets: {', '.join(REWARD_PRESETS)}")
+    return dict(REWARD_PRESETS[name])
 
 
 def available_rewards() -> list[str]:
@@ -165,8 +219,9 @@ def compute_rewards(
 ) -> RewardResult:
     """Run each named reward on the batch and combine them with `weights` (eq. 5).
 
-    `names` defaults to the keys of `weights`; every name needs a weight. Unknown names are an
-    error (a config typo); a reward that raises or returns a wrong shape is NaN for the batch.
+    `names` defaults to the keys of `weights`; every name needs a weight. Unknown names and failing
+    ``prepare`` hooks (e.g. a missing checkpoint) are an error; a reward that raises or returns a
+    wrong shape is NaN for the batch.
     """
     if audio.dim() != 3:
         raise PrismAudioError(f"rewards expect audio [B, 2, S], got {tuple(audio.shape)}")
@@ -178,6 +233,7 @@ def compute_rewards(
     if missing:
         raise PrismAudioError(f"no weight for reward(s) {', '.join(missing)}")
     fns = {n: get_reward(n) for n in names}  # unknown names fail before any work
+    prepare_rewards(names)  # a configuration mistake is one error, not a NaN batch
     scores: dict[str, Tensor] = {}
     reasons: dict[str, str] = {}
     for name, fn in fns.items():

@@ -13,6 +13,9 @@ Each backend plays one *role* and exposes that role's methods (all batched, in m
 * ``embedder``    ``embed(audio, sr) -> [B, D]`` for FD (VGGish / PaSST / PANNs / offline judge)
 * ``classifier``  ``logits(audio, sr) -> [B, C]`` (or ``posteriors``) for KL (PaSST / PANNs / offline judge)
 
+A backend may define ``load()`` to read its weights eagerly; `preload` calls it (or the adapters'
+``_load()`` / ``net``) so that a checkpoint that fails to load is found before any clip is scored.
+
 ``audio`` is ``[B, C, S]`` float32 (``[C, S]`` accepted for one clip) at sample rate ``sr``; every backend
 resamples and mixes down itself. ``frames`` is ``[B, T, 3, H, W]`` float in [0, 1] at 25 fps, or uint8
 ``[B, T, H, W, 3]`` (backends resize/normalise themselves).
@@ -50,6 +53,8 @@ BACKEND_PROVIDERS: dict[str, str] = {
     "vggish": "prismaudio.metrics.adapters.vggish",
     "passt": "prismaudio.metrics.adapters.passt",
     "passt_classifier": "prismaudio.metrics.adapters.passt",
+    "panns": "prismaudio.metrics.adapters.panns",
+    "panns_classifier": "prismaudio.metrics.adapters.panns",
 }
 
 
@@ -79,20 +84,45 @@ def _resolve(name: str) -> tuple[str, Callable[..., Any]]:
     return _BACKENDS[name]
 
 
+def is_known(name: str) -> bool:
+    """Registered, or listed in `BACKEND_PROVIDERS` (its module may still fail to import)."""
+    return name in _BACKENDS or name in BACKEND_PROVIDERS
+
+
 def backend_role(name: str) -> str:
     return _resolve(name)[0]
+
+
+def backend_params(name: str) -> set[str] | None:
+    """The keyword parameters backend `name` accepts (None: any, the factory takes ``**kwargs``)."""
+    sig = inspect.signature(_resolve(name)[1])
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return None
+    return set(sig.parameters)
 
 
 def build_backend(name: str, **params: Any) -> Any:
     """Build backend `name`; unknown parameters are one clear error (a config typo), not a TypeError."""
     _, factory = _resolve(name)
-    sig = inspect.signature(factory)
-    if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
-        unknown = sorted(set(params) - set(sig.parameters))
+    accepted = backend_params(name)
+    if accepted is not None:
+        unknown = sorted(set(params) - accepted)
         if unknown:
-            raise PrismAudioError(f"backend {name!r}: unknown parameter(s) {unknown}; "
-                                  f"accepted: {sorted(sig.parameters)}")
+            raise PrismAudioError(f"backend {name!r}: unknown parameter(s) {unknown}; accepted: {sorted(accepted)}")
     return factory(**params)
+
+
+def preload(backend: Any) -> None:
+    """Load a built backend's weights now (adapters load lazily on first use): ``load()`` if it has one,
+    else its ``_load()``, else its ``net`` property. Lets `evaluate` report a file that fails to load
+    once, before the work, instead of on every clip."""
+    for attr in ("load", "_load"):
+        fn = getattr(backend, attr, None)
+        if callable(fn):
+            fn()
+            return
+    if isinstance(getattr(type(backend), "net", None), property):
+        _ = backend.net
 
 
 def list_backends(role: str | None = None) -> list[str]:

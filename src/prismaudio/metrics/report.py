@@ -7,11 +7,14 @@ given either way). Metric keys are the paper's names (case-insensitive: "clap" =
 
 Statistics ignore missing, None, NaN and inf values; each cell keeps the count ``n`` of valid
 values and shows "n/a" when there are none. std is the sample std (ddof = 1), 0 for one value, and
-absent for set-level metrics. Subsets: "all" (every clip), then "single" and "multi", then any other
+absent for set-level metrics. A set-level value is a number, or ``{"value": v, "n": clips}`` for a
+value computed over `clips` clips (FD over the valid clips): the cell shows "v (n=clips)". Subsets: "all" (every clip), then "single" and "multi", then any other
 subset label found, in sorted order. Columns follow the paper (CLAP, DeSync, PQ, PC, CE, CU, GCC,
 CRW, FD, KL), then the ground-truth measures (onset_ms, side_acc, itd_err_ms, class_recall), then
 any other metric in sorted order. `modes` names the protocol of a column, shown in its header,
-e.g. ``{"GCC": "bewo", "FD": "PANNs"}`` -> "GCC (bewo) ↓".
+e.g. ``{"GCC": "bewo", "FD": "PANNs"}`` -> "GCC (bewo) ↓". `notes` (optional, JSON-ready) carries
+what the table cannot show: `evaluate` puts the backends' status, FD clip counts and every NaN
+reason, grouped with its clip ids, there; the Markdown lists them under "Notes" (without the ids).
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ class Stat:
         if self.mean is None:
             return "n/a"
         if self.std is None:
-            return f"{self.mean:.{digits}f}"
+            return f"{self.mean:.{digits}f}" + (f" (n={self.n})" if self.n > 1 else "")
         return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
 
 
@@ -84,6 +87,7 @@ class Report:
     cells: dict[str, dict[str, dict[str, Stat]]]  # subset -> system -> metric -> Stat
     modes: dict[str, str] = field(default_factory=dict)
     gt_name: str = "GT"
+    notes: dict[str, Any] = field(default_factory=dict)
 
     def header(self, column: str) -> str:
         mode = self.modes.get(column)
@@ -91,7 +95,7 @@ class Report:
         return f"{column} ({mode}){arrow}" if mode else f"{column}{arrow}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "columns": self.columns,
             "headers": [self.header(c) for c in self.columns],
             "systems": self.systems,
@@ -103,6 +107,9 @@ class Report:
                 for sub, rows in self.cells.items()
             },
         }
+        if self.notes:
+            out["notes"] = self.notes
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Report:
@@ -112,7 +119,7 @@ class Report:
                 for sub, rows in data["cells"].items()
             }
             return cls(list(data["columns"]), list(data["systems"]), list(data["subsets"]), cells,
-                       dict(data.get("modes", {})), data.get("gt_name", "GT"))
+                       dict(data.get("modes", {})), data.get("gt_name", "GT"), dict(data.get("notes") or {}))
         except (KeyError, TypeError, AttributeError) as e:
             raise PrismAudioError(f"not a PrismAudio report: {e}") from None
 
@@ -133,6 +140,7 @@ class Report:
                 vals = [row[c].render(digits) if c in row else "n/a" for c in self.columns]
                 lines.append(f"| {sys} | " + " | ".join(vals) + " |")
             lines.append("")
+        lines += notes_markdown(self.notes)
         return "\n".join(lines)
 
     def write(self, markdown_path: str | Path | None = None, json_path: str | Path | None = None) -> None:
@@ -144,6 +152,26 @@ class Report:
             with atomic_path(json_path) as tmp:
                 Path(tmp).write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n",
                                      encoding="utf-8")
+
+
+def notes_markdown(notes: Mapping[str, Any]) -> list[str]:
+    """The "Notes" section: unavailable / fallback backends, FD clip counts, NaN reasons (grouped)."""
+    lines: list[str] = []
+    for role, st in (notes.get("backends") or {}).items():
+        if st.get("status") == "unavailable":
+            lines.append(f"- {role} backend {st.get('backend')} unavailable (its columns are n/a): {st.get('reason')}")
+        elif st.get("status") == "offline fallback":
+            lines.append(f"- {role}: not in the real config, offline judge {st.get('backend')} used")
+    for system, per in (notes.get("fd") or {}).items():
+        c = per.get("all") or {}
+        if c.get("reason"):
+            lines.append(f"- {system}: FD n/a: {c['reason']}")
+        elif c and c.get("n", 0) < c.get("n_clips", 0):
+            lines.append(f"- {system}: FD over {c['n']} of {c['n_clips']} clips (reference: {c.get('n_reference')})")
+    for system, groups in (notes.get("nan_reasons") or {}).items():
+        for g in groups:
+            lines.append(f"- {system}: NaN in {', '.join(g['metrics'])} for {g['n_clips']} clip(s): {g['reason']}")
+    return ["### Notes", "", *lines, ""] if lines else []
 
 
 def load_report(path: str | Path) -> Report:
@@ -201,7 +229,12 @@ def build_report(
                 m = canonical_metric(key)
                 if m in row and row[m].n:
                     raise PrismAudioError(f"{system}/{sub}: metric {m} given both per clip and per set")
+                count = 1
+                if isinstance(value, Mapping):
+                    value, count = value.get("value"), value.get("n", 1)
+                    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                        raise PrismAudioError(f"{system}/{sub}: set-level {m} count must be an int >= 0, got {count!r}")
                 v = _finite(value)
-                row[m] = Stat(v, None, 0 if v is None else 1)
+                row[m] = Stat(v, None, 0 if v is None else count)
     modes = {canonical_metric(k): v for k, v in (modes or {}).items()}
     return Report(_ordered(metrics, COLUMN_ORDER), systems, _ordered(subsets, SUBSET_ORDER), cells, modes, gt_name)
