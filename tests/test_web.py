@@ -36,7 +36,7 @@ from prismaudio.web.jobs import MB, Workspace, check_video, cot_from_boxes, cot_
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "example.mp4"
-CHROMIUM = os.environ.get("PRISMAUDIO_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM = os.environ.get("PRISMAUDIO_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 EDITED = "A wooden block lands softly, then a second dull knock follows."
 
@@ -99,15 +99,68 @@ def test_cot_from_the_page(tmp_path: Path) -> None:
     assert "leaked" not in parsed.render("multi")
 
 
+class _StubPipe:
+    """Stands in for PrismAudioPipeline.generate: a 4 s stereo tone, a warning, progress steps."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def generate(self, video, cot, seed, steps, cfg_scale, progress):
+        import math
+        import warnings
+        from types import SimpleNamespace
+
+        import torch
+
+        self.calls.append(dict(video=video, cot=cot, seed=seed, steps=steps, cfg_scale=cfg_scale))
+        warnings.warn("the text encoder reads 256 tokens: 12 words of the Temporal module were dropped")
+        for i in range(1, steps + 1):
+            progress(i, steps)
+        t = torch.arange(64_000) / 16_000
+        audio = 0.1 * torch.stack([torch.sin(2 * math.pi * 440 * t), torch.sin(2 * math.pi * 660 * t)])
+        return SimpleNamespace(audio=audio, sample_rate=16_000, duration=4.0)
+
+
+def test_generator_job_writes_its_files_in_the_workspace(tmp_path: Path) -> None:
+    import av
+
+    from prismaudio.web.jobs import Generator
+
+    ws, pipe = Workspace(tmp_path), _StubPipe()
+    seen: list[tuple[float, str]] = []
+    cot = cot_from_boxes("a bell", "at 1 s", "", "left")
+    res = Generator(pipe, ws).run(EXAMPLE, cot, steps=3, cfg=4.5, seed=7, progress=lambda f, d: seen.append((f, d)))
+    assert pipe.calls == [dict(video=EXAMPLE, cot=cot.render("multi"), seed=7, steps=3, cfg_scale=4.5)]
+    assert all(ws.contains(p) for p in (res.wav, res.mp4, res.png, res.cot_json))
+    assert [Path(p).name for p in res.downloads] == ["example.wav", "example.mp4", "example.cot.json"]
+    assert json.loads(res.cot_json.read_text()) == cot.to_dict()
+    assert res.notes == ("the text encoder reads 256 tokens: 12 words of the Temporal module were dropped",)
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
+    assert "sampling step 3/3" in [d for _, d in seen]
+    with av.open(str(res.mp4)) as c:
+        assert c.streams.audio[0].codec_context.channels == 2 and c.streams.video
+    empty = Generator(pipe, ws).run(EXAMPLE, None, steps=1, cfg=5, seed=0)  # all boxes blank
+    assert pipe.calls[-1]["cot"] == "" and empty.cot_json is None
+    with pytest.raises(PrismAudioError, match="steps must be a positive integer"):
+        Generator(pipe, ws).run(EXAMPLE, cot, steps=0, cfg=5, seed=0)
+    ws.close()
+
+
 def test_demo_parser_defaults_and_checks() -> None:
     parser = argparse.ArgumentParser()
     command.add_parser(parser.add_subparsers())
     args = parser.parse_args(["demo"])
     assert (args.host, args.port, args.planner, args.model) == ("127.0.0.1", 7860, "offline", None)
     assert args.func is command.run
-    for bad in (["--port", "0"], ["--max-upload-mb", "0"], ["--keep-jobs", "0"]):
+    for bad in (["--port", "0"], ["--max-upload-mb", "0"], ["--keep-jobs", "0"], ["--example", "/nonexistent.mp4"]):
         with pytest.raises(PrismAudioError):
             command.run(parser.parse_args(["demo", *bad]))
+    with socket.socket() as taken:  # a busy port is refused before the model loads
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(PrismAudioError, match="cannot serve on 127.0.0.1"):
+            command.run(parser.parse_args(["demo", "--port", str(taken.getsockname()[1])]))
 
 
 # ------------------------------------------------------------------------------ the real page
@@ -149,12 +202,13 @@ def demo(tmp_path_factory: pytest.TempPathFactory):
     from playwright.sync_api import sync_playwright
 
     base = tmp_path_factory.mktemp("web")
-    dirs = {k: base / k for k in ("home", "cwd", "tmp")}
+    dirs = {k: base / k for k in ("home", "cwd", "tmp", "systmp")}
     for d in dirs.values():
         d.mkdir()
     netlog = base / "netlog.txt"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GRADIO_", "XDG_", "MPLCONFIGDIR"))}
-    env.update(HOME=str(dirs["home"]), PRISMAUDIO_TEST_NETLOG=str(netlog), PYTHONUNBUFFERED="1")
+    env.update(HOME=str(dirs["home"]), TMPDIR=str(dirs["systmp"]), PRISMAUDIO_TEST_NETLOG=str(netlog),
+               PYTHONUNBUFFERED="1")
     port = _free_port()
     t0 = time.perf_counter()
     proc = subprocess.Popen(
@@ -195,8 +249,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory):
     assert proc.returncode == 0, proc.stderr.read()[-3000:]
     # nothing left behind, nothing written outside its own folder, no connection off the machine
     assert list(dirs["tmp"].iterdir()) == []
-    assert list(dirs["cwd"].iterdir()) == []
-    assert list(dirs["home"].rglob("*")) == []
+    for d in ("cwd", "home", "systmp"):
+        assert list(dirs[d].rglob("*")) == [], f"the server wrote into its {d}"
     assert not netlog.exists(), f"the server connected off the machine: {netlog.read_text()}"
     _write_metrics(info["metrics"])
 

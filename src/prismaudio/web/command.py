@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -70,15 +72,31 @@ def _check_args(args: argparse.Namespace) -> None:
         raise PrismAudioError(f"--keep-jobs must be >= 1, got {args.keep_jobs}")
 
 
+def _check_port_free(host: str, port: int) -> None:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise PrismAudioError(f"--host {host!r}: {e.strerror}") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise PrismAudioError(f"cannot serve on {host}:{port}: {e.strerror or e} (choose another --port)") from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the model, build the page, serve until Ctrl-C / SIGTERM, then remove the temp folder."""
     import shutil
 
     _check_args(args)
     example = find_example(args.example)
+    _check_port_free(args.host, args.port)  # before the slow model load
     from .jobs import Workspace
 
     ws = Workspace(args.tmpdir, keep_jobs=args.keep_jobs)
+    tempfile.tempdir = str(ws.tmp_dir)  # every temp file of this process (multipart spools, staging) lands in it
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     demo = None
@@ -129,5 +147,6 @@ def run(args: argparse.Namespace) -> int:
         if demo is not None:
             demo.close(verbose=False)
         ws.close()
+        tempfile.tempdir = None
         for s, h in previous.items():
             signal.signal(s, h)

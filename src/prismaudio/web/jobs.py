@@ -29,7 +29,8 @@ MB = 1024 * 1024  # upload limits are in MiB, as gradio's own size check counts 
 
 
 class Workspace:
-    """One private temporary folder: gradio's uploads/cache (`gradio/`) and our jobs (`jobs/<n>/`).
+    """One private temporary folder: gradio's uploads/cache (`gradio/`), our jobs (`jobs/<n>/`) and
+    the process's other temporary files (`tmp/`).
 
     Old jobs beyond `keep_jobs` are deleted as new ones start, so a long-running demo's disk use
     stays bounded; `close()` removes the whole folder.
@@ -39,8 +40,9 @@ class Workspace:
         self.root = Path(tempfile.mkdtemp(prefix="prismaudio-demo-", dir=parent)).resolve()
         self.gradio_dir = self.root / "gradio"
         self.jobs_dir = self.root / "jobs"
-        self.gradio_dir.mkdir()
-        self.jobs_dir.mkdir()
+        self.tmp_dir = self.root / "tmp"
+        for d in (self.gradio_dir, self.jobs_dir, self.tmp_dir):
+            d.mkdir()
         self.keep_jobs = max(1, int(keep_jobs))
         self._count = itertools.count(1)
         self._lock = threading.Lock()
