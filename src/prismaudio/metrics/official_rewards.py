@@ -13,8 +13,9 @@ reward                   backend (role)        value per sample
                          (desync)              (short side 256, centre crop 224, first 9 s; `adapters.desync.official_sync_reward`)
 ``official_aesthetic``   audiobox_aesthetics   ``(CE + CU - PC + PQ) / 40``, unclamped axes (`adapters.aesthetics.official_aesthetic_reward`)
 ``official_spatial``     stereocrw (crw)       ``-(5 MSE_crw / 2 + 5 MSE_gcc) / 2`` on the mean ITDs in ms of one 6 s
-                                               clip (`adapters.stereocrw.official_itd_clip`) of the generated and
-                                               the reference audio: StereoCRW over its 512 patches + GCC-PHAT
+                                               clip of the generated and the reference audio: StereoCRW over its
+                                               512 patches + GCC-PHAT (`StereoCRW.official_itd`,
+                                               `adapters.stereocrw.official_itd_reward`)
 =======================  ====================  =====================================================
 
 Upstream defect not reproduced: the official ITD reward builds its StereoCRW network but never
@@ -34,9 +35,8 @@ import importlib
 import math
 from typing import Any
 
-import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..errors import PrismAudioError
 from ..rewards import RewardContext, register_reward
@@ -44,18 +44,9 @@ from . import real_config
 from .backends import backend_params, backend_role, build_backend, preload
 from .offline import nan_where, silent_mask
 
-# ITD reward settings (StereoCRW `stereocrw_binaural` params after the reward's update_param)
-ITD_SR = 16000
-ITD_PATCH = 96000  # clip_length 6 s at 16 kHz
-ITD_MAX_LAG = 24  # floor(16000 * 1.5 ms)
-ITD_HOP = ITD_PATCH // 128  # STFT hop of one patch: 750
-GCC_WINDOW, GCC_NFFT, GCC_WINDOWS = 3840, 7680, 512
-MSE_WEIGHT = 5.0
-MASK_FILL = -1e20
 # parameters the official pipeline fixes, passed when the backend accepts them
 FORCED_PARAMS: dict[str, dict[str, Any]] = {
     "official_aesthetic": {"clamp": False},  # AesPredictor.forward does not clamp to 1..10
-    "official_spatial": {"hop_length": ITD_HOP},
 }
 
 _BUILT: dict[tuple, Any] = {}
@@ -108,7 +99,7 @@ ADAPTER_FUNCTIONS: dict[str, tuple[str, str]] = {
     "official_semantic": ("clap", "official_semantic_reward"),
     "official_temporal": ("desync", "official_sync_reward"),
     "official_aesthetic": ("aesthetics", "official_aesthetic_reward"),
-    "official_spatial": ("stereocrw", "official_itd_clip"),
+    "official_spatial": ("stereocrw", "official_itd_reward"),
 }
 
 
@@ -198,96 +189,30 @@ def official_aesthetic(audio: Tensor, sample_rate: int, ctx: RewardContext) -> T
 
 
 # ------------------------------------------------------------------------------ spatial
-def crw_itd_rows(feat_left: Tensor, feat_right: Tensor, tau: float, max_lag: int = ITD_MAX_LAG,
-                 sr: int = ITD_SR, stride: int = 1) -> Tensor:
-    """Per-patch CRW ITD (s) as StereoCRW's ``inference_crw_itd_simple``: L2-normalised features,
-    affinity L R^T / tau, band |j - i| <= max_lag (entries outside it, or exactly 0, set to -1e20),
-    softmax over j, ``sum_j p_ij (j - i) stride / sr``; the first and last `max_lag` rows dropped."""
-    fl = nn.functional.normalize(feat_left.float(), dim=-1)
-    fr = nn.functional.normalize(feat_right.float(), dim=-1)
-    aff = fl @ fr.T / tau
-    p = aff.shape[0]
-    lag = (torch.arange(aff.shape[1])[None] - torch.arange(p)[:, None]).to(aff)
-    aff = aff * (lag.abs() <= max_lag).to(aff)
-    aff = aff.masked_fill(aff == 0, MASK_FILL)
-    rows = (torch.softmax(aff, dim=-1) * lag).sum(-1) * stride / sr
-    return rows[max_lag:p - max_lag]
-
-
-def crw_features(backend: Any, clip: Tensor, batch: int = 32) -> tuple[Tensor, Tensor]:
-    """StereoCRW features [P, D] of the left and the right channel of one reward clip [2, PATCH + P - 1]
-    at 16 kHz: every patch of 96000 samples, stride 1 (P = 512 for the official 96511-sample clip)."""
-    net = backend.net
-    device = getattr(backend, "device", torch.device("cpu"))
-    x = clip.float().to(device)
-    if x.shape[-1] - ITD_PATCH + 1 <= 2 * ITD_MAX_LAG:
-        raise PrismAudioError(f"ITD reward clip too short: {x.shape[-1]} samples")
-    patches = x.unfold(-1, ITD_PATCH, 1)  # [2, P, PATCH] (a view)
-    with torch.no_grad():
-        left, right = (torch.cat([net(c) for c in patches[ch].split(batch)]).cpu() for ch in range(2))
-    return left, right
-
-
-def crw_itd_ms(backend: Any, clip: Tensor) -> float:
-    """Mean CRW ITD (ms) of one reward clip (the reward's ``mode: mean``)."""
-    left, right = crw_features(backend, clip)
-    return float(crw_itd_rows(left, right, float(getattr(backend, "tau", 0.05))).mean()) * 1000.0
-
-
-def gcc_itd_ms(clip: Any) -> float:
-    """The ITD reward's GCC-PHAT baseline (ms): 512 windows of 3840 samples evenly spread over the
-    clip, rfft 7680, ``R / (|R| + 1e-20)``, lags within +-24, ``-(argmax|cc| - 24) / sr``, mean (float64,
-    rounded to float32 seconds as upstream, then ms)."""
-    x = np.asarray(torch.as_tensor(clip).detach().cpu().double().numpy())
-    n = x.shape[-1]
-    if n < GCC_WINDOW:
-        raise PrismAudioError(f"ITD reward clip too short for GCC: {n} samples")
-    step = (n - GCC_WINDOW) // (GCC_WINDOWS - 1)
-    idx = (np.arange(GCC_WINDOWS) * step)[:, None] + np.arange(GCC_WINDOW)
-    spec_l = np.fft.rfft(x[0][idx], n=GCC_NFFT)
-    spec_r = np.fft.rfft(x[1][idx], n=GCC_NFFT)
-    r = spec_l * np.conj(spec_r)
-    cc = np.fft.irfft(r / (np.abs(r) + 1e-20), n=GCC_NFFT)
-    cc = np.concatenate([cc[:, -ITD_MAX_LAG:], cc[:, : ITD_MAX_LAG + 1]], axis=1)
-    shift = np.argmax(np.abs(cc), axis=1) - ITD_MAX_LAG
-    return float(np.float32(np.mean(-shift / ITD_SR))) * 1000.0  # upstream holds the seconds in float32
-
-
-def official_itd_score(gen: tuple[float, float], ref: tuple[float, float]) -> float:
-    """``-(5 (crw_gen - crw_ref)^2 / 2 + 5 (gcc_gen - gcc_ref)^2) / 2`` on (crw, gcc) ITDs in ms."""
-    return -(MSE_WEIGHT * (gen[0] - ref[0]) ** 2 / 2.0 + MSE_WEIGHT * (gen[1] - ref[1]) ** 2) / 2.0
-
-
-def itd_pair_ms(backend: Any, audio: Tensor, sr: int) -> tuple[float, float]:
-    """(CRW, GCC) mean ITDs in ms of one stereo clip [2, S] through the reward's 6 s clip."""
-    clip = torch.as_tensor(_adapter(*ADAPTER_FUNCTIONS["official_spatial"])(audio, sr))
-    if clip.dim() != 2 or clip.shape[0] != 2:
-        raise PrismAudioError(f"official_itd_clip returned shape {tuple(clip.shape)}, expected [2, S]")
-    return crw_itd_ms(backend, clip), gcc_itd_ms(clip)
-
-
 @register_reward("official_spatial", prepare=lambda: _prepare("official_spatial"))
 def official_spatial(audio: Tensor, sample_rate: int, ctx: RewardContext) -> Tensor:
-    """The official ITD reward against ``ctx.reference_audio`` (same sample rate)."""
+    """The official ITD reward against ``ctx.reference_audio`` (same sample rate): the backend's
+    `official_itd` (CRW and GCC ITDs of the reward's 6 s clip) of both, scored by
+    `adapters.stereocrw.official_itd_reward`. A GRPO group's repeated reference is measured once."""
     ref = ctx.reference_audio
     if ref is None:
         raise PrismAudioError("official_spatial needs the reference audio (ctx.reference_audio)")
     if audio.shape[1] != 2 or ref.shape[1] != 2:
         raise PrismAudioError(f"official_spatial needs stereo audio, got {tuple(audio.shape)} and "
                               f"reference {tuple(ref.shape)}")
+    score = _adapter(*ADAPTER_FUNCTIONS["official_spatial"])
     batch = audio.shape[0]
     bad = invalid_mask(audio) | invalid_mask(ref)
     out = torch.full((batch,), math.nan)
     backend = None
-    last: tuple[Tensor, tuple[float, float]] | None = None  # GRPO groups repeat their reference
+    last: tuple[Tensor, Any] | None = None
     for i in (~bad).nonzero().flatten().tolist():
         backend = backend or backend_for("official_spatial")
         if last is None or not torch.equal(last[0], ref[i]):
-            last = (ref[i], itd_pair_ms(backend, ref[i], sample_rate))
-        out[i] = official_itd_score(itd_pair_ms(backend, audio[i], sample_rate), last[1])
+            last = (ref[i], backend.official_itd(ref[i], sample_rate))
+        out[i] = float(torch.as_tensor(score(backend.official_itd(audio[i], sample_rate), last[1])).reshape(-1)[0])
     return nan_where(out, bad)
 
 
-__all__ = ["ADAPTER_FUNCTIONS", "FORCED_PARAMS", "backend_for", "clear_cache", "crw_features", "crw_itd_ms", "crw_itd_rows", "gcc_itd_ms",
-           "invalid_mask", "itd_pair_ms", "official_aesthetic", "official_itd_score", "official_semantic",
-           "official_spatial", "official_temporal"]
+__all__ = ["ADAPTER_FUNCTIONS", "FORCED_PARAMS", "backend_for", "clear_cache", "invalid_mask", "official_aesthetic",
+           "official_semantic", "official_spatial", "official_temporal"]
