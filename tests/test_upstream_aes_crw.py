@@ -26,6 +26,7 @@ from prismaudio.metrics.adapters.stereocrw import (
     official_itd_clip,
     official_itd_reward,
 )
+from prismaudio.metrics.adapters.wavlm import parse_conv_feature_layers
 from prismaudio.metrics.backends import build_backend
 
 
@@ -152,6 +153,11 @@ def test_upstream_audiobox_loads_release_checkpoint_as_is(aes_fx):
     assert aes._model.nth_layer == cfg["nth_layer"] == cfg["model_cfg"]["nth_layer"]
     assert aes.target == {a: (cfg["target_transform"][a]["mean"], cfg["target_transform"][a]["std"]) for a in AXES}
     assert list(AXES) == cfg["axes"]
+    # upstream's conv_feature_layers string parses (literal grammar only, never eval'd) to the same layers
+    assert [list(c) for c in parse_conv_feature_layers(cfg["conv_feature_layers"])] == cfg["conv_feature_layers_parsed"]
+    for bad in ("__import__('os')", "[(32, 10, 5)] * 10**9", "[(32, 10)]"):
+        with pytest.raises(PrismAudioError, match="conv_feature_layers"):
+            parse_conv_feature_layers(bad)
 
 
 def test_upstream_audiobox_windows_and_scores(aes_fx):

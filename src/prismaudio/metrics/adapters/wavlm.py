@@ -85,23 +85,35 @@ class WavLMConfig:
                    max_distance=int(max_distance), gru_rel_pos="encoder.layers.0.self_attn.grep_a" in sd)
 
 
+def _literal(node: ast.AST) -> object:
+    """Evaluate upstream's list grammar only: int tuples in lists, `+` of lists, `list * small int`."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, int) and not isinstance(node.value, bool):
+        return node.value
+    if isinstance(node, (ast.List, ast.Tuple)):
+        items = [_literal(e) for e in node.elts]
+        return items if isinstance(node, ast.List) else tuple(items)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
+        left, right = _literal(node.left), _literal(node.right)
+        if isinstance(node.op, ast.Add) and isinstance(left, list) and isinstance(right, list):
+            return left + right
+        if isinstance(node.op, ast.Mult) and isinstance(left, list) and isinstance(right, int) and 0 <= right <= 64:
+            return left * right
+    raise ValueError("unsupported expression")
+
+
 def parse_conv_feature_layers(spec: str | list | tuple) -> tuple[tuple[int, int, int], ...]:
     """Upstream's `conv_feature_layers` string ("[(512,10,5)] + [(512,3,2)] * 4 + ...") or a parsed list."""
     if isinstance(spec, str):
-        try:  # a list expression of int tuples: evaluate only that grammar (no names, no calls)
-            tree = ast.parse(spec, mode="eval")
-            if not all(isinstance(n, (ast.Expression, ast.BinOp, ast.Add, ast.Mult, ast.List, ast.Tuple,
-                                      ast.Constant, ast.Load)) for n in ast.walk(tree)):
-                raise ValueError(spec)
-            spec = eval(compile(tree, "<conv_feature_layers>", "eval"), {"__builtins__": {}}, {})  # noqa: S307
-        except (SyntaxError, ValueError, TypeError):
+        try:
+            spec = _literal(ast.parse(spec, mode="eval").body)
+        except (SyntaxError, ValueError):
             raise PrismAudioError(f"bad conv_feature_layers {spec!r}") from None
     try:
         out = tuple((int(a), int(b), int(c)) for a, b, c in spec)
     except (TypeError, ValueError):
         raise PrismAudioError(f"bad conv_feature_layers {spec!r}") from None
-    if not out:
-        raise PrismAudioError("conv_feature_layers is empty")
+    if not out or any(v <= 0 for layer in out for v in layer):
+        raise PrismAudioError(f"bad conv_feature_layers {spec!r}: need positive (dim, kernel, stride) triples")
     return out
 
 
