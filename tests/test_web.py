@@ -99,6 +99,17 @@ def test_cot_from_the_page(tmp_path: Path) -> None:
     assert "leaked" not in parsed.render("multi")
 
 
+def test_plan_cot_errors_are_one_line() -> None:
+    from prismaudio.web.jobs import plan_cot
+
+    with pytest.raises(PrismAudioError, match="missing required parameter"):
+        plan_cot(EXAMPLE, "openai")  # no base_url / model given: refused before any request
+    with pytest.raises(PrismAudioError, match="KEY=VALUE"):
+        plan_cot(EXAMPLE, "openai", "base_url")
+    with pytest.raises(PrismAudioError, match="plans nothing"):
+        plan_cot(EXAMPLE, "none")
+
+
 class _StubPipe:
     """Stands in for PrismAudioPipeline.generate: a 4 s stereo tone, a warning, progress steps."""
 

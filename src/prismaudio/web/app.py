@@ -74,12 +74,12 @@ def build_app(gen: Generator, cfg: PageConfig) -> gr.Blocks:
             return (video, _ok(f"{describe(info, name)}. Write the CoT in the four boxes, then Generate."), *keep)
         progress(0.1, desc=f"planning the CoT ({planner})")
         try:
-            plan = plan_cot(video, planner, options, caption)
+            plan, notes = plan_cot(video, planner, options, caption)
         except PrismAudioError as e:
             return (video, _refused(f"planner {planner!r}: {e}"), *keep)
         parts = plan.to_dict()
-        return (video, _ok(f"{describe(info, name)}. CoT planned by {planner!r}: edit it, then Generate."),
-                *(parts[m] for m in MODULES))
+        msg = f"{describe(info, name)}. CoT planned by {planner!r}: edit it, then Generate."
+        return (video, _ok(msg, notes), *(parts[m] for m in MODULES))
 
     def use_example(planner: str, options: str, caption: str, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
         if cfg.example is None:

@@ -88,10 +88,11 @@ def check_video(path: str | Path | None, max_bytes: int) -> Any:
         raise PrismAudioError(f"{p.name} is not a readable video: {str(e).replace(str(p), p.name)}") from None
 
 
-def plan_cot(video: str | Path, planner: str, options: str = "", caption: str = "") -> CoT:
-    """The planner's CoT for the video, exactly as `prismaudio cot --planner NAME` plans it.
+def plan_cot(video: str | Path, planner: str, options: str = "", caption: str = "") -> tuple[CoT, tuple[str, ...]]:
+    """The planner's CoT for the video, exactly as `prismaudio cot --planner NAME` plans it, and the
+    warnings it raised on the way (e.g. footage outside what the offline planner knows), for the page.
 
-    `options` holds `key=value` pairs (one per line or space separated), the `--planner-opt` items.
+    `options` holds `key=value` pairs (space separated), the `--planner-opt` items.
     """
     from ..cli import resolve_cot
 
@@ -99,7 +100,10 @@ def plan_cot(video: str | Path, planner: str, options: str = "", caption: str = 
         raise PrismAudioError("planner 'none' plans nothing; choose offline, openai or local")
     args = argparse.Namespace(cot=None, planner=planner, planner_opt=(options or "").split(),
                               caption=(caption or "").strip() or None)
-    return resolve_cot(args, Path(video))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cot = resolve_cot(args, Path(video))
+    return cot, tuple(dict.fromkeys(str(w.message) for w in caught))
 
 
 def cot_from_boxes(*parts: str) -> CoT | None:
