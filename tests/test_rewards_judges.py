@@ -196,6 +196,9 @@ class _Clap:
     def score(self, audio, sr, texts):
         return torch.full((audio.shape[0],), 0.4)
 
+    def similarity(self, audio, sr, texts):  # MS-CLAP: exp(logit_scale) * cos, here logit scale 100
+        return 100 * self.score(audio, sr, texts)
+
 
 def test_semantic_ms_clap_scale_and_cot_fallback(batch):
     audio, rows = batch[0], batch[1]

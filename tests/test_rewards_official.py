@@ -197,3 +197,28 @@ def test_official_aesthetic_on_the_release_checkpoint_upstream(shared_reference)
     finally:
         real_config.set_active(None)
         O.clear_cache()
+
+
+def test_judge_backed_semantic_reward_on_ms_clap_is_the_official_number():
+    """`semantic` with the ms_clap backend is MS-CLAP's similarity / 80 (it used to assume a x100 logit:
+    1.25 cos); an explicit scale still gives scale * cos."""
+    from prismaudio.metrics import semantic
+
+    class MsClapLike:
+        name = "ms_clap"
+
+        def similarity(self, audio, sr, texts):
+            return torch.full((audio.shape[0],), 40.0)
+
+        def score(self, audio, sr, texts):
+            return torch.full((audio.shape[0],), 0.5)
+
+    audio = _delayed(0, 4000)[None].repeat(2, 1, 1)
+    ctx = R.RewardContext(texts=["a", "b"])
+    try:
+        semantic.configure(MsClapLike())
+        assert R.get_reward("semantic")(audio, SR, ctx).tolist() == [0.5, 0.5]  # 40 / 80
+        semantic.configure(MsClapLike(), scale=3.0)
+        assert R.get_reward("semantic")(audio, SR, ctx).tolist() == [1.5, 1.5]  # 3 * cos
+    finally:
+        semantic.configure()

@@ -5,9 +5,10 @@
 ``ctx.cots[i]`` (a CoT dict, or a plain string used as is).
 
 * Offline judge (default, ``judge_clap``): scale 1, i.e. the cosine itself.
-* ``ms_clap``: the official PrismAudio reward is MS-CLAP's similarity / 80, and MS-CLAP's
-  similarity is its x100-scaled logit (100 * cosine), so the default scale for ``ms_clap`` is
-  100 / 80 = 1.25 (``reward = 1.25 * cos``), reproducing the official numbers.
+* ``ms_clap``: the official PrismAudio reward, MS-CLAP's similarity / 80 (``exp(logit_scale) * cos / 80``
+  with the checkpoint's logit_scale; `adapters.clap.official_semantic_reward`), unless ``scale=`` is
+  configured (then ``scale * cos``). The ``official_semantic`` reward (`official_rewards`) is the same
+  number with its checkpoint taken from the real config.
 * Any other backend (e.g. ``laion_clap``): scale 1 (cosine), unless ``scale=`` is configured.
 
 Silent clips and samples without text are NaN (excluded by `compute_rewards`); a batch with no
@@ -27,20 +28,22 @@ from .offline import BackendSlot, nan_where, silent_mask
 
 _SLOT = BackendSlot("clap", "judge_clap")
 _SCALE: dict[str, float | None] = {"scale": None}
-OFFICIAL_SCALES = {"ms_clap": 100.0 / 80.0}
 
 
 def configure(backend: Any = None, scale: float | None = None, **params: Any) -> None:
     """Select the clap backend (name + constructor params, or a built object; default judge_clap)
-    and optionally the reward scale (default: 1.25 for ms_clap, else 1)."""
+    and optionally the reward scale (default: the official similarity / 80 for ms_clap, else 1)."""
     _SLOT.configure(backend, **params)
     _SCALE["scale"] = None if scale is None else float(scale)
 
 
 def current_scale() -> float:
-    if _SCALE["scale"] is not None:
-        return float(_SCALE["scale"])
-    return OFFICIAL_SCALES.get(_SLOT.name, 1.0)
+    return 1.0 if _SCALE["scale"] is None else float(_SCALE["scale"])
+
+
+def official_form() -> bool:
+    """True when the reward is MS-CLAP's own similarity / 80 (ms_clap backend, no explicit scale)."""
+    return _SLOT.name == "ms_clap" and _SCALE["scale"] is None
 
 
 def semantic_text(text: Any = None, cot: Any = None) -> str | None:
@@ -72,7 +75,13 @@ def semantic_reward(audio: Tensor, sample_rate: int, ctx: RewardContext) -> Tens
     idx = (~bad).nonzero().flatten()
     if len(idx):
         clap = _SLOT.get()
+        batch_texts = [texts[i] for i in idx.tolist()]
         with torch.no_grad():
-            cos = clap.score(audio[idx], sample_rate, [texts[i] for i in idx.tolist()])
-        out[idx] = torch.as_tensor(cos).detach().cpu().float().reshape(-1) * current_scale()
+            if official_form():
+                from .adapters.clap import official_semantic_reward
+
+                val = torch.as_tensor(official_semantic_reward(clap, audio[idx], sample_rate, batch_texts))
+            else:
+                val = torch.as_tensor(clap.score(audio[idx], sample_rate, batch_texts)) * current_scale()
+        out[idx] = val.detach().cpu().float().reshape(-1)
     return nan_where(out, bad)

@@ -14,8 +14,9 @@ the video ``ctx.video_paths[i]`` read at 25 fps. Without either the reward raise
   argmax value when the judge is certain.
 * Other backends (``synchformer_desync``): the official argmax |offset| (`desync`: mean over the
   backend's windows), unless ``configure(..., expected=True)`` asks for the expectation (which
-  needs a backend with `logits`). Deviation: the official reward uses the first 9 s only; here the
-  backend's own windows are used.
+  needs a backend with `logits`). Deviation: the official reward uses the first 9 s only and its own
+  frame pipeline; here the backend's own windows are used (``official_temporal`` in
+  `official_rewards` is the official form).
 
 Silent clips and samples without video are NaN.
 """
