@@ -208,7 +208,8 @@ def test_unwritable_out_fails_before_the_work(tmp_path, monkeypatch):
     afile = tmp_path / "afile"
     afile.write_text("x")
     (tmp_path / "t.json").mkdir()
-    for out, msg in ((afile / "table", "is a file, not a directory"), (tmp_path / "t", "is a directory")):
+    for out, msg in ((afile / "table", "is not a directory"), (afile / "sub" / "table", "is a file, not a directory"),
+                     (tmp_path / "t", "is a directory")):
         with pytest.raises(PrismAudioError, match=msg):
             E.run_cli(_parse(["--manifest", str(manifest), "--generated", str(gen), "--out", str(out)]))
     assert afile.read_text() == "x" and not list(tmp_path.glob("t.md"))
@@ -246,7 +247,7 @@ def test_read_only_and_full_disk_write_nothing(small_fs):
     from prismaudio.metrics.evaluate import prepare_output, write_outputs
 
     ro = small_fs("ro", "ro,size=64k")
-    with pytest.raises(PrismAudioError, match="cannot write in"):
+    with pytest.raises(PrismAudioError, match="not writable"):
         prepare_output(ro / "table")
     full = small_fs("full", "size=24k")
     report, per_clip = _tiny_report()

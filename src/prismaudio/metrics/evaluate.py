@@ -659,26 +659,22 @@ def output_paths(prefix: str | os.PathLike) -> list[Path]:
 
 
 def prepare_output(prefix: str | os.PathLike) -> Path:
-    """Check, before any work, that the three outputs can be written: the folder exists or can be
-    created (no file on its way), none of the outputs is a folder, and a file can be created there.
-    Creates the folder; returns the prefix."""
+    """Check, before any work, that the three outputs can be written (`io.files.check_output_dir` on
+    their folder: no file on its way, a file can be created there; none of the outputs is a folder),
+    create the folder and sweep what a killed earlier run left there. Returns the prefix."""
+    from ..io.files import check_output_dir, sweep_stale
+
     paths = output_paths(prefix)
     folder = paths[0].parent
     for p in paths:
         if p.is_dir():
             raise PrismAudioError(f"--out {prefix}: {p} is a directory")
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise PrismAudioError(f"--out {prefix}: {probe} is a file, not a directory")
+    check_output_dir(folder, "--out")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".prismaudio-probe-")
-        os.close(fd)
-        os.unlink(tmp)
     except OSError as e:
-        raise PrismAudioError(f"--out {prefix}: cannot write in {folder} ({e.strerror or e})") from None
+        raise PrismAudioError(f"--out {prefix}: cannot create {folder} ({e.strerror or e})") from None
+    sweep_stale(folder)
     return Path(prefix)
 
 
@@ -699,8 +695,10 @@ def write_outputs(prefix: str | os.PathLike, report: Report, results: Mapping[st
     folder = paths[0].parent
     texts = [report.to_markdown(), json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n",
              _clip_rows(results)]
-    try:
-        stage = Path(tempfile.mkdtemp(dir=folder, prefix=".prismaudio-evaluate-"))
+    from ..io.files import STAGING_PREFIX
+
+    try:  # the name carries our pid: `io.files.sweep_stale` removes it if we are killed
+        stage = Path(tempfile.mkdtemp(dir=folder, prefix=f"{STAGING_PREFIX}{os.getpid()}-"))
     except OSError as e:
         raise PrismAudioError(f"cannot write the report in {folder}: {e.strerror or e}") from None
     moved: list[tuple[Path, Path | None]] = []  # (published, its previous version kept in stage)
