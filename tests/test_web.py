@@ -19,6 +19,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -311,7 +312,9 @@ def test_browser_upload_edit_generate_play(demo, page, tmp_path: Path) -> None:
     page.wait_for_function("() => { const v = document.querySelector('#video-out video');"
                            " return v && v.currentSrc && v.readyState >= 3; }", timeout=120_000)
     info["metrics"]["click_to_playable_s"] = round(time.perf_counter() - t0, 2)
-    assert "generated 4.00 s of stereo sound" in page.inner_text("#status")
+    status = page.inner_text("#status")
+    assert "generated 4.00 s of stereo sound" in status
+    info["metrics"]["server_job_s"] = float(re.search(r"sound in ([\d.]+) s", status).group(1))
 
     start = page.evaluate("() => { const v = document.querySelector('#video-out video'); v.muted = true;"
                           " v.play(); return v.currentTime; }")
