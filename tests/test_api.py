@@ -47,15 +47,13 @@ def test_call_is_generate(tiny: PrismAudioPipeline) -> None:
 def test_without_a_cot_the_api_plans_one_like_the_cli(tiny: PrismAudioPipeline) -> None:
     lines: list[str] = []
     res = tiny.generate(EXAMPLE, status=lines.append, **KW)
-    plan = build_planner("offline").plan(EXAMPLE)
+    plan = build_planner("offline").plan(EXAMPLE)  # what `prismaudio cot` / the CLI plan
     assert res.plan == plan and res.cot == plan.render("multi")
     assert any("planning" in m for m in lines) and any("encoding" in m for m in lines)
     given = tiny.generate(EXAMPLE, cot=plan, **KW)  # the CLI's path: a parsed --cot / its own plan
     assert torch.equal(res.audio, given.audio)
     none = tiny.generate(EXAMPLE, planner=None, **KW)
     assert none.plan is None and none.cot == "" and not torch.equal(none.audio, res.audio)
-    styled = tiny.generate(EXAMPLE, cot=plan, cot_style="monolithic", **KW)
-    assert styled.cot == plan.render("monolithic")
 
 
 def test_several_samples_per_call_are_the_seeds_in_a_row(tiny: PrismAudioPipeline) -> None:
@@ -74,8 +72,6 @@ def test_negative_cot_steers_the_unconditional_branch(tiny: PrismAudioPipeline) 
     plain = tiny.generate(EXAMPLE, cot="a ball bounces", **KW).audio
     neg = tiny.generate(EXAMPLE, cot="a ball bounces", negative_cot="wind and rain", **KW)
     assert neg.negative_cot == "wind and rain" and not torch.equal(neg.audio, plain)
-    other = tiny.generate(EXAMPLE, cot="a ball bounces", negative_cot="a metal bell", **KW).audio
-    assert not torch.equal(neg.audio, other)
     # without guidance the unconditional branch is never evaluated: a negative CoT cannot matter
     a = tiny.generate(EXAMPLE, cot="a ball bounces", cfg_scale=1.0, **KW).audio
     b = tiny.generate(EXAMPLE, cot="a ball bounces", negative_cot="wind and rain", cfg_scale=1.0, **KW).audio
