@@ -110,6 +110,8 @@ def test_word_bound_drops_trailing_sentences_and_keeps_every_part() -> None:
         assert out[k] and long[k].startswith(out[k])  # a prefix of whole sentences
     one = P.bound_words({"semantic": "word " * 500, "temporal": "Short."}, 50)
     assert sum(len(t.split()) for t in one.values()) <= 50 and one["temporal"] == "Short."
+    flat = P.bound_words({k: "word " * 100 for k in P.PARTS}, 50)  # one long sentence each
+    assert sum(len(t.split()) for t in flat.values()) <= 50 and all(flat.values())
 
 
 def test_event_and_source_bounds() -> None:

@@ -589,14 +589,14 @@ def bound_words(parts: dict[str, str], limit: int = MAX_WORDS) -> dict[str, str]
     (a part keeps at least its first sentence, cut to whole words if that alone is too long)."""
     words = lambda t: len(t.split())  # noqa: E731
     out = dict(parts)
-    while sum(words(t) for t in out.values()) > limit:
+    while (total := sum(words(t) for t in out.values())) > limit:
         key = max(out, key=lambda k: words(out[k]))
         sentences = split_sentences(out[key])
         if len(sentences) > 1:
             out[key] = " ".join(sentences[:-1])
-        else:
-            excess = sum(words(t) for t in out.values()) - limit
-            out[key] = " ".join(out[key].split()[: max(1, words(out[key]) - excess)])
+        elif (n := words(out[key])) > 1:  # every word count falls, so this ends
+            out[key] = " ".join(out[key].split()[: max(1, n - (total - limit))])
+        else:  # one word per part is the floor
             break
     return out
 
