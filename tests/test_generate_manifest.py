@@ -94,3 +94,37 @@ def test_a_folder_of_videos_loads_the_model_once(corpus: Path, tmp_path: Path, m
     assert "clip broken:" in capsys.readouterr().err
     assert cli_main(["generate", str(tmp_path / "out"), "--model", "preset:tiny", "--out", str(tmp_path / "o2"),
                      "--quiet", "--planner", "none"]) == 2  # a folder with no video files: one line
+
+
+def test_a_zero_byte_or_unreadable_wav_is_redone(corpus: Path, tmp_path: Path) -> None:
+    """Issue 20 item 10: a 0-byte <id>.wav (a disk that filled, a copy that failed) counted as done."""
+    from prismaudio.batch import wav_is_done
+
+    out = tmp_path / "gen"
+    out.mkdir()
+    ids = _ids(corpus, "train")[:2]
+    (out / f"{ids[0]}.wav").write_bytes(b"")
+    (out / f"{ids[1]}.wav").write_bytes(b"RIFF\x00\x00")
+    assert not wav_is_done(out / f"{ids[0]}.wav") and not wav_is_done(out / f"{ids[1]}.wav")
+    assert cli_main(["generate", "--manifest", str(corpus / "manifest.jsonl"), "--split", "train", "--limit", "2",
+                     "--model", "preset:tiny", "--steps", "1", "--out", str(out), "--quiet", "--manifest-cot"]) == 0
+    for i in ids:
+        assert wav_is_done(out / f"{i}.wav") and sf.info(str(out / f"{i}.wav")).frames == 32000
+
+
+def test_no_plan_is_left_when_its_wav_cannot_be_written(corpus: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 20 item 10: the .cot.json of a clip whose WAV write failed stayed behind."""
+    import prismaudio.batch as batch
+    from prismaudio.errors import PrismAudioError
+
+    def full_disk(path, *a, **k):
+        raise PrismAudioError(f"cannot write {path}: No space left on device")
+
+    monkeypatch.setattr(batch, "save_wav", full_disk)
+    out = tmp_path / "gen"
+    code = cli_main(["generate", "--manifest", str(corpus / "manifest.jsonl"), "--split", "train", "--limit", "1",
+                     "--model", "preset:tiny", "--steps", "1", "--out", str(out), "--quiet", "--manifest-cot"])
+    assert code == 1 and "No space left on device" in capsys.readouterr().err
+    assert list(out.iterdir()) == []

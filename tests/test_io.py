@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import math
+import os
 from pathlib import Path
 
 import av
@@ -294,3 +295,108 @@ def test_peak_normalize():
     assert torch.equal(peak_normalize(torch.zeros(2, 5)), torch.zeros(2, 5))
     batch = peak_normalize(torch.stack([x, 2 * x]), 0.5)
     assert batch.abs().amax(dim=(1, 2)).tolist() == pytest.approx([0.5, 0.5])
+
+
+# ------------------------------------------------------------------ issue 20: output faults, odd codecs
+def _odd_video(path: Path, codec: str, fmt: str, pix: str, w: int = 64, h: int = 48, n: int = 10) -> Path:
+    with av.open(str(path), "w", format=fmt) as c:
+        s = c.add_stream(codec, rate=10)
+        s.width, s.height, s.pix_fmt = w, h, pix
+        for i in range(n):
+            a = np.zeros((h, w, 3), np.uint8)
+            a[:, (i * 5) % w] = 255
+            f = av.VideoFrame.from_ndarray(a, format="rgb24")
+            f.pts = i
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    return path
+
+
+@pytest.mark.parametrize("name,codec,fmt,pix", [("a.webm", "libvpx", "webm", "yuv420p"),
+                                                ("a.gif", "gif", "gif", "rgb8"),
+                                                ("a.avi", "rawvideo", "avi", "bgr24"),
+                                                ("odd.webm", "libvpx", "webm", "yuv420p")])
+def test_mux_reencodes_what_an_mp4_cannot_hold(tmp_path, name, codec, fmt, pix):
+    """Issue 20 item 4: VP8 / GIF / raw video used to fail in the mux (after the compute)."""
+    from prismaudio.io.video import mux_audio, video_track_plan
+
+    w, h = (63, 47) if name.startswith("odd") else (64, 48)
+    src = _odd_video(tmp_path / name, codec, fmt, pix, w, h)
+    assert video_track_plan(src, tmp_path / "o.mp4") in ("libx264", "mpeg4")
+    assert video_track_plan(src, tmp_path / "o.mkv") is None  # Matroska holds anything as it is
+    mux_audio(src, torch.zeros(2, 16000), 16000, tmp_path / "o.mp4")
+    with av.open(str(tmp_path / "o.mp4")) as c:
+        v = c.streams.video[0]
+        assert v.codec_context.name in ("h264", "mpeg4") and len(c.streams.audio) == 1
+        frames = list(c.decode(video=0))
+    assert len(frames) == 10 and frames[0].width % 2 == 0 and frames[0].width >= w - 1
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_mux_copies_h264_unchanged(tmp_path):
+    from prismaudio.io.video import video_track_plan
+
+    src = _odd_video(tmp_path / "a.mp4", "libx264", "mp4", "yuv420p")
+    assert video_track_plan(src, tmp_path / "o.mp4") is None
+
+
+def test_truncated_but_decodable_video_warns(tmp_path):
+    """Issue 20 item 10: the stream ends early with no decode error (threaded decoding); say so."""
+    full = _odd_video(tmp_path / "full.mkv", "libx264", "matroska", "yuv420p", n=40)
+    data = full.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.warns(UserWarning, match="truncated or damaged"):
+        frames = read_frames(cut, 10, 16)
+    assert frames.shape[0] == 40 and torch.equal(frames[-1], frames[-2])  # still the official padding
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an intact file, even asked for more than it has, stays silent
+        read_frames(full, 10, 16)
+        read_frames(full, 10, 16, duration=6.0)
+
+
+def test_staging_publishes_all_or_nothing(tmp_path):
+    from prismaudio.io.files import Staging
+
+    out = tmp_path / "new" / "out"
+    with Staging(out) as st:
+        st.path("a.wav").write_bytes(b"a")
+        st.path("b.png").write_bytes(b"b")
+        assert not out.exists() and st.dir.parent == tmp_path  # staged on the nearest existing folder
+        written = st.publish()
+    assert sorted(p.name for p in out.iterdir()) == ["a.wav", "b.png"] == [p.name for p in written]
+    assert [p.name for p in tmp_path.iterdir()] == ["new"]
+    with pytest.raises(RuntimeError):  # a failure half-way: the existing folder is as it was
+        with Staging(out) as st:
+            st.path("a.wav").write_bytes(b"new")
+            assert st.dir.parent == out
+            raise RuntimeError("disk full")
+    assert sorted(p.name for p in out.iterdir()) == ["a.wav", "b.png"] and (out / "a.wav").read_bytes() == b"a"
+
+
+def test_sweep_stale_removes_only_dead_writers(tmp_path):
+    import subprocess
+    import sys
+
+    from prismaudio.io.files import STAGING_PREFIX, check_output_dir, sweep_stale
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    (tmp_path / f"{STAGING_PREFIX}{dead}-abcd1234").mkdir()
+    (tmp_path / f".clip.{dead}.abcd_123.part.wav").write_bytes(b"x")
+    live = [f"{STAGING_PREFIX}{os.getpid()}-abcd1234", f".clip.{os.getpid()}.abcd_123.part.wav"]
+    (tmp_path / live[0]).mkdir()
+    (tmp_path / live[1]).write_bytes(b"x")
+    (tmp_path / "clip.wav").write_bytes(b"x")
+    removed = sweep_stale(tmp_path)
+    assert len(removed) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(live + ["clip.wav"])
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(PrismAudioError, match="not a directory"):
+        check_output_dir(tmp_path / "afile")
+    with pytest.raises(PrismAudioError, match="is a file"):
+        check_output_dir(tmp_path / "afile" / "sub")

@@ -44,7 +44,8 @@ def manifest_rows(manifest: str | os.PathLike, split: str | None, limit: int | N
         rows = [r for r in rows if r.split == split]
     rows = rows[:limit] if limit is not None else rows
     if not rows:
-        raise PrismAudioError(f"no clips of split {split!r} in {manifest}")
+        where = f"of split {split!r} " if split is not None else ""
+        raise PrismAudioError(f"no usable clips {where}in {manifest}")
     return rows
 
 

@@ -469,11 +469,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------- train
+def check_text_file(path: str, what: str) -> None:
+    """A config file must be UTF-8 text; anything else is one line here, before any parser sees it."""
+    try:
+        Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise PrismAudioError(f"{what} {path} is not UTF-8 text (not a YAML file?)") from None
+    except OSError:
+        pass  # missing / unreadable: the config loader names it
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import load_train_config, train
 
     from .io.files import check_output_dir
 
+    check_text_file(args.config, "training config")
     cfg = load_train_config(args.config, args.set)
     check_output_dir(args.out or cfg.out_dir)
     train(cfg, args.out or cfg.out_dir, resume=args.resume, log=None if args.quiet else lambda m: print(m, flush=True))
@@ -486,6 +497,7 @@ def cmd_grpo(args: argparse.Namespace) -> int:
 
     from .io.files import check_output_dir
 
+    check_text_file(args.config, "GRPO config")
     cfg = load_grpo_config(args.config, args.set)
     check_output_dir(args.out or cfg.out_dir)
     grpo(cfg, args.out or cfg.out_dir, resume=args.resume, log=None if args.quiet else lambda m: print(m, flush=True))

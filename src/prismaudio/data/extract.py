@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ..encoders.base import Encoder
 from ..errors import PrismAudioError
-from ..io.files import atomic_path
+from ..io.files import atomic_path, sweep_stale
 from ..io.weights import fingerprint
 from .datasets import (
     FEATURE_FORMAT,
@@ -176,6 +176,7 @@ def extract_features(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise PrismAudioError(f"cannot create output directory {out}: {e.strerror or e}") from None
+    sweep_stale(out)  # temp files a killed run left behind
     expect = {"format": FEATURE_FORMAT, "version": FEATURE_VERSION, "model_hash": m.fingerprint(), "cot_field": cot_field}
     data = ClipDataset(
         rows, m.sample_rate, duration, [m.video.frame_spec(), m.sync.frame_spec()],
