@@ -19,6 +19,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PrismAudioError as e:
         print(f"prismaudio: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("prismaudio: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

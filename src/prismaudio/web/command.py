@@ -98,7 +98,14 @@ def run(args: argparse.Namespace) -> int:
     ws = Workspace(args.tmpdir, keep_jobs=args.keep_jobs)
     tempfile.tempdir = str(ws.tmp_dir)  # every temp file of this process (multipart spools, staging) lands in it
     stop = threading.Event()
-    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def on_signal(*_: Any) -> None:  # while serving: stop the loop below; before: interrupt the loading
+        if not serving.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    serving = threading.Event()
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     demo = None
     try:
         os.environ.update(OFFLINE_ENV)
@@ -140,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
         log(f"temporary folder {ws.root} (removed on exit)")
         if args.host not in ("127.0.0.1", "localhost", "::1"):
             log(f"warning: --host {args.host} makes the demo reachable from other machines (no authentication)")
+        serving.set()
         while not stop.wait(0.5):
             pass
         return 0
