@@ -77,3 +77,24 @@ def test_errors():
         build_report({"x": [{"id": 1, "FD": 1.0}]}, set_level={"x": {"all": {"FD": 2.0}}})
     rep = build_report({"x": [{"id": 1, "subset": "weird", "KL": math.nan}]})
     assert rep.subsets == ["all", "weird"] and rep.cells["all"]["x"]["KL"].n == 0
+
+
+def test_set_level_counts_and_notes_roundtrip(tmp_path):
+    notes = {"backends": {"clap": {"backend": "ms_clap", "status": "unavailable", "reason": "no file x.pth"},
+                          "desync": {"backend": "judge_sync", "status": "offline fallback", "reason": None}},
+             "fd": {"ours": {"all": {"n": 5, "n_reference": 6, "n_clips": 6, "reason": None}}},
+             "nan_reasons": {"ours": [
+                 {"reason": "silent audio", "metrics": ["CLAP", "KL"], "clips": ["a"], "n_clips": 1},
+                 {"reason": "backend unavailable: clap (ms_clap)", "metrics": ["CLAP"], "clips": ["a", "b"], "n_clips": 2}]}}
+    rep = build_report(_data(), set_level={"ours": {"all": {"FD": {"value": 2.0, "n": 5}}}})
+    rep.notes = notes
+    assert rep.cells["all"]["ours"]["FD"].render() == "2.00 (n=5)"
+    md = rep.to_markdown()
+    assert "clap backend ms_clap unavailable" in md and "offline judge judge_sync used" in md
+    assert "ours: FD over 5 of 6 clips (reference: 6)" in md
+    assert "NaN in CLAP, KL for 1 clip(s): silent audio" in md
+    assert "backend unavailable: clap" not in md  # said once, by the backend line
+    rep.write(tmp_path / "t.md", tmp_path / "t.json")
+    assert load_report(tmp_path / "t.json") == rep
+    with pytest.raises(PrismAudioError, match="count must be an int"):
+        build_report(_data(), set_level={"ours": {"all": {"FD": {"value": 1.0, "n": "5"}}}})

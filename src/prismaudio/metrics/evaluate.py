@@ -57,7 +57,7 @@ from torch import Tensor
 from ..errors import PrismAudioError
 from .real_config import ROLES, BackendSpec, RealConfig, parse_real_config
 from .real_config import load_real_config as _load_real_config
-from .report import Report, build_report
+from .report import UNAVAILABLE, Report, build_report
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,6 @@ JUDGE_KIND = {"judge_clap": "semantic", "judge_sync": "sync", "judge_quality": "
 ONSET_CAP_MS = 1000.0
 MIN_AUDIO_S = 0.1  # shorter clips get NaN: below the shortest analysis window (GCC's 0.1 s segments)
 GT_METRICS = ("onset_ms", "side_acc", "itd_err_ms", "class_recall")
-UNAVAILABLE = "backend unavailable"
 OUTPUT_SUFFIXES = (".md", ".json", ".clips.jsonl")
 
 
@@ -758,7 +757,8 @@ def parse_generated(items: list[str]) -> dict[str, str]:
 
 def run_cli(args: argparse.Namespace) -> int:
     """The body of ``prismaudio evaluate`` (the CLI's `cmd_evaluate` calls it): checks, output
-    location, evaluation, all-or-nothing writes, the table on stdout and the notes on stderr."""
+    location, evaluation, all-or-nothing writes, the table on stdout and the notes on stderr
+    (--quiet: no progress bar and no notes; warnings still go to stderr)."""
     if args.limit is not None and args.limit <= 0:
         raise PrismAudioError(f"--limit must be a positive integer, got {args.limit}")
     if args.bewo_frame_stride <= 0:
@@ -767,7 +767,8 @@ def run_cli(args: argparse.Namespace) -> int:
         raise PrismAudioError("--real-config needs --judges real")
     if args.judges == "real" and not args.real_config:
         raise PrismAudioError("--judges real needs --real-config FILE (see configs/eval/real.yaml)")
-    logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, format="prismaudio: %(message)s")
+    # warnings (an unavailable backend, said once) reach stderr also with --quiet, as in every command
+    logging.basicConfig(level=logging.WARNING, format="prismaudio: warning: %(message)s")
     real = load_real_config(args.real_config) if args.real_config else None
     generated = parse_generated(args.generated)
     prefix = prepare_output(args.out)  # before the work

@@ -154,8 +154,12 @@ class Report:
                                      encoding="utf-8")
 
 
+UNAVAILABLE = "backend unavailable"  # NaN reasons that the backend line already explains
+
+
 def notes_markdown(notes: Mapping[str, Any]) -> list[str]:
-    """The "Notes" section: unavailable / fallback backends, FD clip counts, NaN reasons (grouped)."""
+    """The "Notes" section: unavailable / fallback backends, FD clip counts, NaN reasons (grouped; those
+    of an unavailable backend are said once, by its line)."""
     lines: list[str] = []
     for role, st in (notes.get("backends") or {}).items():
         if st.get("status") == "unavailable":
@@ -165,11 +169,14 @@ def notes_markdown(notes: Mapping[str, Any]) -> list[str]:
     for system, per in (notes.get("fd") or {}).items():
         c = per.get("all") or {}
         if c.get("reason"):
-            lines.append(f"- {system}: FD n/a: {c['reason']}")
+            if not str(c["reason"]).startswith(UNAVAILABLE):
+                lines.append(f"- {system}: FD n/a: {c['reason']}")
         elif c and c.get("n", 0) < c.get("n_clips", 0):
             lines.append(f"- {system}: FD over {c['n']} of {c['n_clips']} clips (reference: {c.get('n_reference')})")
     for system, groups in (notes.get("nan_reasons") or {}).items():
         for g in groups:
+            if str(g["reason"]).startswith(UNAVAILABLE):
+                continue
             lines.append(f"- {system}: NaN in {', '.join(g['metrics'])} for {g['n_clips']} clip(s): {g['reason']}")
     return ["### Notes", "", *lines, ""] if lines else []
 
