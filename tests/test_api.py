@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from prismaudio.cot import CoT, build_planner
+from prismaudio.cot import build_planner
 from prismaudio.errors import PrismAudioError
 from prismaudio.io.audio import load_audio
 from prismaudio.pipeline import PrismAudioPipeline
