@@ -129,3 +129,9 @@ def test_event_and_source_bounds() -> None:
     kept, kp = P.bound_tracks(an, probs)
     assert kept.tracks == tracks[3:] and len(kept.behaviour) == len(kept.events) == P.MAX_SOURCES
     assert np.array_equal(kp, probs[3:])
+
+
+def test_planning_time_estimate_grows_with_pixels_and_frames(planner, meadow: Path, tmp_path: Path) -> None:
+    small, big = planner.estimate_seconds(EXAMPLE), planner.estimate_seconds(meadow)
+    assert 0 < small and big > small  # 50 frames of 1280x720 cost more than 100 of 128x128
+    assert planner.estimate_seconds(tmp_path / "missing.mp4") is None

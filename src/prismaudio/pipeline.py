@@ -269,15 +269,18 @@ class PrismAudioPipeline(nn.Module):
                  planner_options: dict[str, Any] | None = None) -> "CoT":
         """The planner's four-part CoT of `video` (`generate` calls this when no CoT is given).
         Planners built by name are kept, so a batch builds each one once."""
+        return self._planner(planner, planner_options).plan(video, caption=caption)
+
+    def _planner(self, planner: "str | Planner", options: dict[str, Any] | None) -> "Planner":
         from .cot import Planner, build_planner
 
-        if not isinstance(planner, Planner):
-            key = (str(planner), tuple(sorted((k, repr(v)) for k, v in (planner_options or {}).items())))
-            cache = self.__dict__.setdefault("_planners", {})
-            if key not in cache:
-                cache[key] = build_planner(str(planner), **(planner_options or {}))
-            planner = cache[key]
-        return planner.plan(video, caption=caption)
+        if isinstance(planner, Planner):
+            return planner
+        key = (str(planner), tuple(sorted((k, repr(v)) for k, v in (options or {}).items())))
+        cache = self.__dict__.setdefault("_planners", {})
+        if key not in cache:
+            cache[key] = build_planner(str(planner), **(options or {}))
+        return cache[key]
 
     # ---------------------------------------------------------------- generation
     def forward(self, video: str | os.PathLike, **kwargs: Any) -> GenerationResult:
@@ -332,9 +335,12 @@ class PrismAudioPipeline(nn.Module):
         plan: CoT | None = cot if isinstance(cot, CoT) else None
         if cot is None and planner is not None:
             name = planner if isinstance(planner, str) else type(planner).__name__
-            say(f"planning the chain-of-thought ({name} planner) ...")
+            built = self._planner(planner, planner_options)
+            guess = getattr(built, "estimate_seconds", lambda _v: None)(video)
+            eta = f", about {guess:.0f} s" if guess is not None and guess >= 10 else ""
+            say(f"planning the chain-of-thought ({name} planner{eta}) ...")
             t0 = time.perf_counter()
-            plan = self.plan_cot(video, planner, caption, planner_options)
+            plan = self.plan_cot(video, built, caption)
             say(f"planned in {time.perf_counter() - t0:.1f} s")
         text = plan.render(cot_style) if plan is not None else ("" if cot is None else str(cot))
         negative = negative_cot.render(cot_style) if isinstance(negative_cot, CoT) else negative_cot
