@@ -146,6 +146,7 @@ def load_real_config(path: str | os.PathLike) -> RealConfig:
 
 
 _ACTIVE: dict[str, RealConfig | None] = {"cfg": None}
+_ENV_CACHE: dict[tuple[str, float], RealConfig] = {}
 
 
 def set_active(cfg: RealConfig | Mapping[str, Any] | str | os.PathLike | None) -> RealConfig | None:
@@ -165,7 +166,16 @@ def active() -> RealConfig | None:
     if _ACTIVE["cfg"] is not None:
         return _ACTIVE["cfg"]
     env = os.environ.get(ENV)
-    return load_real_config(env) if env else None
+    if not env:
+        return None
+    try:
+        key = (env, os.stat(env).st_mtime)
+    except OSError:
+        return load_real_config(env)  # raises the one-line error
+    if key not in _ENV_CACHE:  # read once per file version, not per batch
+        _ENV_CACHE.clear()
+        _ENV_CACHE[key] = load_real_config(env)
+    return _ENV_CACHE[key]
 
 
 __all__ = ["ENV", "OFFICIAL_BACKENDS", "ROLES", "BackendSpec", "RealConfig", "active", "load_real_config",
