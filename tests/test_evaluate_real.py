@@ -156,3 +156,34 @@ def test_relative_paths_resolve_against_the_yaml_folder(tmp_path):
     assert cfg.roles["clap"].params["path"] == str(tmp_path / "ck" / "w.pth")
     assert cfg.roles["desync"].params["path"] == "absent.pth"
     assert cfg.reward_spec("official_semantic").backend == "ms_clap"  # the role entry serves the reward
+
+
+class NativeSync:
+    """A desync backend that asks for native uint8 frames (as the Synchformer adapter does) and records them."""
+
+    seen: list = []
+
+    def __init__(self, path: str | None = None):
+        pass
+
+    def frame_spec(self):
+        from prismaudio.io.video import FrameSpec
+
+        return FrameSpec(25, None)
+
+    def desync(self, frames, audio, sr):
+        NativeSync.seen.append((frames.dtype, tuple(frames.shape)))
+        return torch.zeros(frames.shape[0])
+
+
+if "test_eval_native_sync" not in _BACKENDS:
+    register_backend("test_eval_native_sync", "desync")(NativeSync)
+
+
+def test_desync_backend_gets_the_frames_it_asks_for(corpus):
+    root, manifest = corpus
+    NativeSync.seen.clear()
+    report, _ = evaluate(manifest, {}, judges="real", real_config={"desync": "test_eval_native_sync"}, split="all",
+                         include_gt=False, progress=False, judges_dir=root / "judges", limit=1)
+    assert NativeSync.seen == [(torch.uint8, (1, 50, 3, 48, 48))]  # 2 s at 25 fps, the corpus's native 48 px
+    assert report.cells["all"]["GT"]["DeSync"].mean == 0.0

@@ -5,7 +5,8 @@ Per clip of the manifest's split and per system (a folder of ``<id>.wav`` / ``.f
 or "GT" = the row's reference audio):
 
 * ``CLAP``: clap backend cosine with the row's caption (else the CoT's semantic part).
-* ``DeSync``: desync backend on the row's video frames at 25 fps (first / last 4.8 s windows).
+* ``DeSync``: desync backend on the row's video frames at 25 fps (first / last 4.8 s windows), decoded as
+  the backend asks (`frame_spec()`: native frames for Synchformer, which resizes and crops them itself).
 * ``PQ``, ``PC`` (and ``CE``, ``CU`` when the aesthetics backend has them).
 * ``GCC``: ``bewo`` mode: ``(mean ITD_ref - mean ITD_gen)^2 x 1000`` (seconds^2 x 1000) per file
   with BEWO's 100-window track (`itd_track_bewo`), so the column mean is exactly BEWO's GCC MSE
@@ -453,7 +454,7 @@ def evaluate(
     from tqdm import tqdm
 
     from ..data.manifest import read_manifest
-    from ..io.video import read_frames
+    from ..io.video import read_frames_multi
     from .distribution import frechet_distance
     from .judges import FPS
     from .semantic import semantic_text
@@ -485,7 +486,10 @@ def evaluate(
     backends = build_backends(judges, real_config, judges_dir)
     ev = _Evaluator(backends, spatial_mode, bewo_frame_stride, include_gt, judges_dir)
     desync = ev.b.get("desync")
-    frame_size = int(getattr(desync, "frame_size", getattr(desync, "size", 224)))
+    # what the desync backend decodes: its own `frame_spec()` (the Synchformer adapter: native uint8 frames at
+    # 25 fps, resized / cropped by its protocol), else square frames of its `frame_size` / `size`
+    frame_spec = desync.frame_spec() if callable(getattr(desync, "frame_spec", None)) else \
+        (FPS, int(getattr(desync, "frame_size", getattr(desync, "size", 224))))
     res = EvalResults()
     res.backends = backends.status()
     for s in systems:
@@ -509,7 +513,7 @@ def evaluate(
         frames, frames_reason = None, ev.missing("desync")
         if desync is not None:
             try:
-                frames, frames_reason = read_frames(row.video, FPS, frame_size), None
+                frames, frames_reason = read_frames_multi(row.video, [frame_spec])[0], None
             except PrismAudioError as e:
                 frames, frames_reason = None, f"video: {e}"
         text = semantic_text(row.caption, row.cot)
