@@ -673,7 +673,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # a closed pipe surfaces here, not at interpreter exit
         return code
     except PrismAudioError as e:
-        print(f"prismaudio: error: {e}", file=sys.stderr)
+        print(f"prismaudio: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return _broken_pipe()
@@ -687,6 +687,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("prismaudio: interrupted", file=sys.stderr)
         return 130
+
+
+def one_line(message: str) -> str:
+    """A message that came with line breaks (a YAML parser's caret diagram) as one line."""
+    parts = [p.strip() for p in message.splitlines() if p.strip() and set(p.strip()) != {"^"}]
+    return "; ".join(parts) if parts else message.strip()
 
 
 def _broken_pipe() -> int:
