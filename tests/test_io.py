@@ -400,3 +400,14 @@ def test_sweep_stale_removes_only_dead_writers(tmp_path):
         check_output_dir(tmp_path / "afile")
     with pytest.raises(PrismAudioError, match="is a file"):
         check_output_dir(tmp_path / "afile" / "sub")
+
+
+def test_mux_trims_the_video_to_shorter_audio(tmp_path):
+    """Issue 19 (outputs): `--duration` below the video's left an MP4 whose picture outlasted its sound."""
+    src = _odd_video(tmp_path / "a.mp4", "libx264", "mp4", "yuv420p", n=30)  # 3 s at 10 fps
+    mux_audio(src, torch.zeros(2, 16000), 16000, tmp_path / "short.mp4")  # 1 s of audio
+    mux_audio(src, torch.zeros(2, 48000), 16000, tmp_path / "full.mp4")  # as long as the video: copied
+    with av.open(str(tmp_path / "short.mp4")) as c:
+        assert len(list(c.decode(video=0))) == 10
+    with av.open(str(tmp_path / "full.mp4")) as c, av.open(str(src)) as s:
+        assert [bytes(p) for p in c.demux(video=0)] == [bytes(p) for p in s.demux(video=0)]

@@ -387,7 +387,9 @@ def mux_audio(video_path: PathLike, audio: Tensor, sample_rate: int, out_path: P
 
     The video packets are copied when the container can hold their codec, else (WebM/VP8, GIF,
     raw AVI into an MP4) the track is re-encoded (`video_track_plan`: H.264, yuv420p, the frame
-    timestamps kept, even dimensions). Existing audio tracks are dropped. The audio starts with
+    timestamps kept, even dimensions). Audio shorter than the video by more than a frame (a
+    `--duration` below the video's) trims the video to it: packets cannot be cut between
+    keyframes, so the track is then re-encoded up to the audio's end. Existing audio tracks are dropped. The audio starts with
     the video stream; a rate AAC cannot store is resampled to the next AAC rate up. The file is
     written to a temporary name beside `out_path` and renamed, so readers never see a half file.
     """
@@ -407,15 +409,20 @@ def mux_audio(video_path: PathLike, audio: Tensor, sample_rate: int, out_path: P
     fmt = _muxer_for(Path(out_path))
     encoder = video_track_plan(video_path, out_path)
     out = Path(out_path)
+    end = audio.shape[1] / sample_rate
     with atomic_path(out) as tmp, _open(video_path) as src:
         vin = _video_stream(src, video_path)
+        stated = _metadata_duration(src, vin)
+        trim = stated is not None and end < stated - 1.0 / _stream_fps(vin)
+        if trim and encoder is None:
+            encoder = next((e for e in _REENCODERS if e in av.codecs_available), None)
         try:
             with av.open(tmp, mode="w", format=fmt) as dst:
                 if encoder is None:
                     vout = dst.add_stream_from_template(vin)
                     vpkts = _copied_packets(src, vin, vout)
                 else:
-                    vout, vpkts = _reencoded_packets(src, vin, dst, encoder)
+                    vout, vpkts = _reencoded_packets(src, vin, dst, encoder, end if trim else None)
                 apkts = _encode_aac(dst, audio, sample_rate, _stream_start(vin))
                 _interleave(vpkts, apkts, dst)
         except av.FFmpegError as e:
@@ -446,9 +453,9 @@ def _copied_packets(src, vin, vout):
         yield pkt
 
 
-def _reencoded_packets(src, vin, dst, encoder: str):
+def _reencoded_packets(src, vin, dst, encoder: str, end: float | None = None):
     """Decode the input track and encode it with `encoder` (yuv420p, even size, the input's frame
-    times on a 1/1000-or-finer clock, single-threaded so the bytes are deterministic)."""
+    times, single-threaded so the bytes are deterministic); frames from `end` s on are dropped."""
     fps = Fraction(_stream_fps(vin)).limit_denominator(1001)
     width = max(2, vin.codec_context.width - vin.codec_context.width % 2)
     height = max(2, vin.codec_context.height - vin.codec_context.height % 2)
@@ -472,6 +479,8 @@ def _reencoded_packets(src, vin, dst, encoder: str):
             else:
                 pts = round(i / stream_fps / float(vout.codec_context.time_base))
             pts = pts if last is None else max(pts, last + 1)
+            if end is not None and last is not None and pts * float(vout.codec_context.time_base) >= end - 1e-6:
+                break
             last = pts
             img = frame.reformat(width=width, height=height, format="yuv420p")
             img.pts, img.time_base = pts, vout.codec_context.time_base
