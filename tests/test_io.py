@@ -411,3 +411,23 @@ def test_mux_trims_the_video_to_shorter_audio(tmp_path):
         assert len(list(c.decode(video=0))) == 10
     with av.open(str(tmp_path / "full.mp4")) as c, av.open(str(src)) as s:
         assert [bytes(p) for p in c.demux(video=0)] == [bytes(p) for p in s.demux(video=0)]
+
+
+def test_spectrogram_marks_the_cots_event_times(tmp_path):
+    """Issue 19 (outputs): a dB colour bar, and the Temporal part's times drawn on the panels."""
+    from prismaudio.io.spectrogram import event_times, save_spectrogram_png
+
+    text = "The ball hits the floor at 0.84 s, again at 1.5 s and 2 seconds; version 2.0 of 10.5 s clip."
+    assert event_times(text) == [0.84, 1.5, 2.0, 10.5]
+    assert event_times(text, duration=2.0) == [0.84, 1.5, 2.0]
+    assert event_times("") == [] and event_times("no times here, 3 balls") == []
+    audio = torch.randn(2, 32000) * 0.1
+    save_spectrogram_png(tmp_path / "plain.png", audio, 16000)
+    save_spectrogram_png(tmp_path / "marked.png", audio, 16000, events=[0.5, 1.5])
+    from PIL import Image
+
+    plain = np.asarray(Image.open(tmp_path / "plain.png").convert("RGB")).astype(int)
+    marked = np.asarray(Image.open(tmp_path / "marked.png").convert("RGB")).astype(int)
+    assert plain.shape == marked.shape and plain.shape[1] > 650  # room for the colour bar
+    cyan = (marked[..., 0] < 80) & (marked[..., 1] > 170) & (marked[..., 2] > 170)
+    assert cyan.sum() > 50 and ((plain[..., 0] < 80) & (plain[..., 1] > 170) & (plain[..., 2] > 170)).sum() == 0

@@ -206,7 +206,7 @@ def place_pipeline(pipe: Any, args: argparse.Namespace) -> Any:
 def cmd_generate(args: argparse.Namespace) -> int:
     from .io.audio import save_wav
     from .io.files import Staging
-    from .io.spectrogram import save_spectrogram_png
+    from .io.spectrogram import event_times, save_spectrogram_png
     from .io.video import mux_audio, probe_video, video_track_plan
 
     if args.steps <= 0:
@@ -232,7 +232,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         try:
             save_wav(staging.path(f"{name}.wav"), result.audio, result.sample_rate)
             mux_audio(video, result.audio, result.sample_rate, staging.path(f"{name}.mp4"))
-            save_spectrogram_png(staging.path(f"{name}.png"), result.audio, result.sample_rate, title=name)
+            events = event_times(plan.temporal) if plan is not None else []
+            save_spectrogram_png(staging.path(f"{name}.png"), result.audio, result.sample_rate, title=name,
+                                 events=events)
             if plan is not None:  # the plan the audio was conditioned on, readable and editable (--cot @FILE)
                 staging.path(f"{name}.cot.txt").write_text(plan.render("multi") + "\n", encoding="utf-8")
                 staging.path(f"{name}.cot.json").write_text(plan.to_json() + "\n", encoding="utf-8")
