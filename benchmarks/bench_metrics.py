@@ -3,12 +3,17 @@
 1. `prismaudio evaluate` over N clips of 4 s (default 1,000) of a procedural corpus, one generated
    system (the reference audio delayed by 60 ms, every other clip with its channels swapped, so no
    metric is trivially zero) plus the GT row, every column the offline judges produce, GCC in
-   `paper` mode; the exact BEWO GCC track is timed separately on a subset (it is the expensive one:
-   513 frames x 3 FFTs per estimate) and extrapolated.
-2. The four rewards (semantic, temporal, aesthetic, spatial) on a group of 16 clips vs the time the
+   `paper` mode; the exact BEWO GCC track is timed separately on a subset and extrapolated.
+2. BEWO GCC (`--spatial-mode bewo`): seconds per clip of the original implementation
+   (`itd_track_bewo_reference`, three float32 FFTs per frame) and of the fast exact one
+   (`itd_track_bewo`), same clips, same run, alternating; identity of the two tracks (bitwise, NaN
+   where silent) on every clip, and how many frames the fast path handed back to the reference
+   arithmetic. `--bewo-only` runs just this part (default: 20 clips of the corpus).
+3. The four rewards (semantic, temporal, aesthetic, spatial) on a group of 16 clips vs the time the
    `mini` DiT takes to sample those 16 clips with 24 steps and CFG (random weights: same FLOPs).
 
     python benchmarks/bench_metrics.py --corpus /tmp/judge_corpus [--n 1000] [--judges DIR (default: the shipped judges asset)]
+    python benchmarks/bench_metrics.py --corpus /tmp/bewo_corpus --bewo-only [--bewo-n 20] [--threads 1]
 
 The corpus is made with `prismaudio synth --out DIR --n 1000` if it does not exist.
 Writes runs/bench_metrics.json.
@@ -72,9 +77,56 @@ def bench_evaluate(corpus: Path, n: int, judges: Path) -> dict:
     per_track = (time.perf_counter() - t) / len(sub)
     return {"n_clips": len(rows), "evaluate_paper_mode_s": round(t_eval, 1),
             "evaluate_per_clip_s": round(t_eval / len(rows), 4),
-            "bewo_exact_track_s": round(per_track, 3),
+            "bewo_exact_track_s": round(per_track, 3),  # the fast exact path (itd_track_bewo)
             "bewo_exact_extra_for_n_clips_s": round(per_track * 2 * len(rows), 1),
             "markdown": report.to_markdown()}
+
+
+def bench_bewo(corpus: Path, n: int) -> dict:
+    """Original vs fast exact BEWO track on n clips: seconds per clip (wall and process CPU) and identity."""
+    import prismaudio.metrics.spatial as sp
+    from prismaudio.io.audio import load_audio
+
+    rows = [json.loads(line) for line in (corpus / "manifest.jsonl").read_text().splitlines() if line.strip()][:n]
+    redone: list[int] = []
+    reference_frames = sp._bewo_window_itd
+
+    def counting(left, right):
+        redone.append(left.shape[0])
+        return reference_frames(left, right)
+
+    t_ref = t_fast = c_ref = c_fast = 0.0
+    identical, frames, redo, per_clip = 0, 0, 0, []
+    for r in rows:
+        audio, sr = load_audio(corpus / r["audio"], sample_rate=None, channels=None)
+        w, c = time.perf_counter(), time.process_time()
+        ref = sp.itd_track_bewo_reference(audio, sr)
+        dw, dc = time.perf_counter() - w, time.process_time() - c
+        t_ref, c_ref = t_ref + dw, c_ref + dc
+        redone.clear()
+        sp._bewo_window_itd = counting
+        try:
+            w, c = time.perf_counter(), time.process_time()
+            fast = sp.itd_track_bewo(audio, sr)
+            fw, fc = time.perf_counter() - w, time.process_time() - c
+        finally:
+            sp._bewo_window_itd = reference_frames
+        t_fast, c_fast = t_fast + fw, c_fast + fc
+        same = bool(torch.equal(torch.isnan(ref), torch.isnan(fast)) and torch.equal(ref.nan_to_num(9.0), fast.nan_to_num(9.0)))
+        identical += same
+        n_frames = len(set(sp.bewo_window_starts(audio.shape[-1] * 16000 // sr))) * (sp.BEWO_WIN - sp.BEWO_FRAME + 1)
+        frames += n_frames
+        redo += sum(redone)
+        per_clip.append({"id": r["id"], "reference_s": round(dw, 3), "fast_s": round(fw, 3), "identical": same,
+                         "frames": n_frames, "frames_recomputed": sum(redone)})
+    k = max(len(rows), 1)
+    return {"n_clips": len(rows), "threads": torch.get_num_threads(),
+            "reference_s_per_clip": round(t_ref / k, 3), "fast_s_per_clip": round(t_fast / k, 3),
+            "speedup_wall": round(t_ref / max(t_fast, 1e-9), 2),
+            "reference_cpu_s_per_clip": round(c_ref / k, 3), "fast_cpu_s_per_clip": round(c_fast / k, 3),
+            "speedup_cpu": round(c_ref / max(c_fast, 1e-9), 2),
+            "identical_tracks": f"{identical}/{len(rows)}", "frames": frames, "frames_recomputed": redo,
+            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None, "per_clip": per_clip}
 
 
 def bench_rewards(corpus: Path, judges: Path) -> dict:
@@ -123,12 +175,25 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--judges", default=str(asset_path("judges")))
     ap.add_argument("--skip-evaluate", action="store_true")
+    ap.add_argument("--bewo-only", action="store_true", help="only the BEWO before/after part")
+    ap.add_argument("--bewo-n", type=int, default=20, help="clips for the BEWO before/after part")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     corpus = Path(args.corpus)
     if not (corpus / "manifest.jsonl").exists():
-        subprocess.run([sys.executable, "-m", "prismaudio.cli", "synth", "--out", str(corpus), "--n", str(args.n),
+        n = args.bewo_n if args.bewo_only else args.n
+        subprocess.run([sys.executable, "-m", "prismaudio.cli", "synth", "--out", str(corpus), "--n", str(n),
                         "--workers", "2", "--quiet"], check=True)
     out = {"threads": torch.get_num_threads()}
+    out["bewo"] = bench_bewo(corpus, args.bewo_n)
+    print(json.dumps({k: v for k, v in out["bewo"].items() if k != "per_clip"}, indent=2), flush=True)
+    if args.bewo_only:
+        dst = ROOT / "runs" / "bench_bewo.json"
+        dst.parent.mkdir(exist_ok=True)
+        dst.write_text(json.dumps(out, indent=2) + "\n")
+        return 0
     out["rewards"] = bench_rewards(corpus, Path(args.judges))
     print(json.dumps(out["rewards"], indent=2), flush=True)
     if not args.skip_evaluate:

@@ -89,3 +89,71 @@ def test_resamples_to_16k():
     a = torch.tensor(np.stack([x, _delayed(x, 9.0)]), dtype=torch.float32)  # 9 samples @ 48k = 3 @ 16k
     tr = itd_track_bewo(a, 48000, frame_stride=256)
     assert torch.allclose(tr, torch.full_like(tr, 3 / SR))
+
+
+# ---------------------------------------------------------------- fast exact BEWO path vs the reference
+
+def _moving(n, d0, d1, seed):
+    """Right channel = left delayed by a delay sweeping linearly from d0 to d1 samples (per-sample
+    fractional delay by linear interpolation): every frame has a different, mostly fractional, lag."""
+    x = _pink(n + 64, seed=seed)
+    t = np.arange(n)
+    pos = t + 32 - (d0 + (d1 - d0) * t / n)
+    i = np.floor(pos).astype(int)
+    fr = pos - i
+    return x[32:n + 32], (1 - fr) * x[i] + fr * x[i + 1]
+
+
+def _clips():
+    """Short stereo clips (a few BEWO windows each) that exercise every branch of the fast path."""
+    n = SR // 2  # 0.5 s: 4 distinct windows, 2052 frames
+    x = _pink(n, seed=11)
+    silent_gap = np.stack([x, _delayed(x, -3.0)])
+    silent_gap[:, 2500:6500] = 0.0                                      # all-zero frames -> NaN
+    one_side = np.stack([x, _delayed(x, 2.0)])
+    one_side[1, :4500] = 0.0                                            # right channel silent at first
+    l, r = _moving(n, -6.0, 6.0, seed=12)
+    q16 = np.round(np.stack([x, _delayed(x, 4.0)]) * 32767) / 32767     # 16-bit-like, integer delay
+    return {
+        "integer delay 4 (16-bit)": (q16, 4.0),
+        "half-sample delay 2.5 (near ties)": (np.stack([x, _delayed(x, 2.5)]), None),
+        "moving source -6..6": (np.stack([l, r]), None),
+        "silent gap": (silent_gap, None),
+        "one channel silent": (one_side, None),
+        "uncorrelated noise": (np.stack([x, _pink(n, seed=13)]), None),
+    }
+
+
+def test_bewo_fast_track_equals_reference_and_recovers_delay(monkeypatch):
+    import prismaudio.metrics.spatial as sp
+
+    redone = []
+    ref_fn = sp._bewo_window_itd
+    monkeypatch.setattr(sp, "_bewo_window_itd", lambda l, r: redone.append(l.shape[0]) or ref_fn(l, r))
+    for name, (a, delay) in _clips().items():
+        a = torch.tensor(a, dtype=torch.float32)
+        redone.clear()
+        fast = itd_track_bewo(a, SR)
+        n_redone = sum(redone)
+        ref = sp.itd_track_bewo_reference(a, SR)
+        assert fast.dtype == torch.float64 and fast.shape == (100,)
+        assert torch.equal(torch.isnan(fast), torch.isnan(ref)), name
+        assert torch.equal(fast.nan_to_num(7.0), ref.nan_to_num(7.0)), name  # bitwise, NaN where silent
+        assert n_redone < 2 * 513, name  # the fast path decided most frames itself
+        if delay is not None:
+            assert torch.allclose(fast, torch.full_like(fast, delay / SR)), name
+        if "near ties" in name:  # lags 2 and 3 tie: such frames do reach the reference arithmetic
+            assert n_redone > 0
+
+
+def test_bewo_fast_frames_equal_reference_frames():
+    """Frame for frame (not only the means): every one of the 513 frames of a window."""
+    import prismaudio.metrics.spatial as sp
+
+    a = torch.tensor(_clips()["moving source -6..6"][0], dtype=torch.float32)
+    starts = [0, 1800, a.shape[-1] - sp.BEWO_WIN]
+    fast = sp._bewo_fast_frame_itd(a, starts)
+    idx = torch.tensor(starts)[:, None, None] + torch.arange(513)[None, :, None] + torch.arange(3840)[None, None]
+    ref = sp._bewo_window_itd(a[0][idx], a[1][idx])
+    assert fast.shape == (3, 513) and torch.equal(fast, ref)
+    assert len(set(fast.flatten().tolist())) >= 3  # the lag moves across the frames
