@@ -217,3 +217,49 @@ def test_generate_name_cannot_leave_out(tmp_path: Path, capsys: pytest.CaptureFi
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--name must be a plain file name" in err[0]
     assert not (tmp_path / "o").exists() and not list(tmp_path.rglob("*.wav"))
+
+
+def test_flac_and_the_original_soundtrack(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 19 (outputs): FLAC instead of WAV; the original sound kept as a second track or mixed in."""
+    from prismaudio.io.video import mux_audio
+
+    video = tmp_path / "example.mp4"  # the example with a soundtrack of its own: a 440 Hz tone
+    t = torch.arange(64000) / 16000
+    mux_audio(EXAMPLE, 0.5 * torch.sin(2 * torch.pi * 440 * t).expand(2, -1), 16000, video)
+    base = ["generate", str(video), "--model", str(model_dir), "--steps", "1", "--duration", "1", "--quiet",
+            "--planner", "none", "--seed", "3"]
+    assert main(base + ["--out", str(tmp_path / "new")]) == 0
+    assert main(base + ["--out", str(tmp_path / "keep"), "--audio-format", "flac", "--soundtrack", "keep"]) == 0
+    assert main(base + ["--out", str(tmp_path / "mix"), "--soundtrack", "mix"]) == 0
+    assert sorted(p.name for p in (tmp_path / "keep").iterdir()) == ["example.flac", "example.mp4", "example.png"]
+    wav, _ = sf.read(tmp_path / "new" / "example.wav")
+    flac, sr = sf.read(tmp_path / "keep" / "example.flac")
+    # lossless 16-bit: the samples agree to within libsndfile's float->int rounding (1 LSB) of the WAV
+    assert sr == 16000 and flac.shape == wav.shape and np.abs(wav - flac).max() <= 1.5 / 32768
+    assert (tmp_path / "mix" / "example.wav").read_bytes() == (tmp_path / "new" / "example.wav").read_bytes()
+    tracks = {}
+    for kind in ("new", "keep", "mix"):
+        with av.open(str(tmp_path / kind / "example.mp4")) as c:
+            tracks[kind] = len(c.streams.audio)
+            first = np.concatenate([f.to_ndarray() for f in c.decode(audio=0)], axis=1)
+        tracks[kind + "_first"] = first
+    assert tracks["new"] == 1 and tracks["keep"] == 2 and tracks["mix"] == 1
+    n = min(x.shape[1] for k, x in tracks.items() if k.endswith("_first"))
+    assert np.abs(tracks["mix_first"][:, :n] - tracks["new_first"][:, :n]).max() > 1e-3  # the original is in it
+    assert np.abs(tracks["keep_first"][:, :n] - tracks["new_first"][:, :n]).max() < 1e-6  # the first track is ours
+    # a video without sound of its own: one line before any compute, nothing written
+    silent = tmp_path / "silent.mp4"
+    with av.open(str(silent), "w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width = s.height = 64
+        s.pix_fmt = "yuv420p"
+        for i in range(20):
+            fr = av.VideoFrame.from_ndarray(np.full((64, 64, 3), i * 10, np.uint8), format="rgb24")
+            fr.pts = i
+            for p in s.encode(fr):
+                c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    capsys.readouterr()
+    assert main(["generate", str(silent), "--soundtrack", "mix", "--out", str(tmp_path / "x")]) == 2
+    assert "no soundtrack of its own" in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -204,7 +204,7 @@ def place_pipeline(pipe: Any, args: argparse.Namespace) -> Any:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .io.audio import save_wav
+    from .io.audio import save_flac, save_wav
     from .io.files import Staging
     from .io.spectrogram import event_times, save_spectrogram_png
     from .io.video import mux_audio, probe_video, video_track_plan
@@ -221,7 +221,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                   or os.sep in args.name or (os.altsep and os.altsep in args.name)):
         raise PrismAudioError(f"--name must be a plain file name (no directories), got {args.name!r}")
     video = Path(args.video)
-    probe_video(video)  # fail fast on a bad video before loading the model
+    info = probe_video(video)  # fail fast on a bad video before loading the model
+    if args.soundtrack != "new" and not info.has_audio:
+        raise PrismAudioError(f"--soundtrack {args.soundtrack}: {video} has no soundtrack of its own")
     name = args.name or video.stem
     encoder = video_track_plan(video, Path(args.out) / f"{name}.mp4")  # decided before the compute
     if encoder is not None:
@@ -229,9 +231,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
               f"{name}.mp4 re-encodes it ({encoder})", file=sys.stderr)
     with Staging(args.out) as staging:  # checks --out is writable before any work
         plan, result = _sample(args, video)
+        track, second = soundtrack(args.soundtrack, video, result.audio, result.sample_rate)
         try:
-            save_wav(staging.path(f"{name}.wav"), result.audio, result.sample_rate)
-            mux_audio(video, result.audio, result.sample_rate, staging.path(f"{name}.mp4"))
+            save = save_flac if args.audio_format == "flac" else save_wav
+            save(staging.path(f"{name}.{args.audio_format}"), result.audio, result.sample_rate)
+            mux_audio(video, track, result.sample_rate, staging.path(f"{name}.mp4"), second=second)
             events = event_times(plan.temporal) if plan is not None else []
             save_spectrogram_png(staging.path(f"{name}.png"), result.audio, result.sample_rate, title=name,
                                  events=events)
@@ -246,6 +250,31 @@ def cmd_generate(args: argparse.Namespace) -> int:
         for p in written:
             print(p)
     return 0
+
+
+MIX_GAIN = 0.5  # the original soundtrack at -6 dB under the generated one
+
+
+def soundtrack(mode: str, video: Path, audio: Any, sample_rate: int) -> tuple[Any, Any]:
+    """The MP4's (first track, second track or None) for `--soundtrack`: new = the generated audio
+    alone; mix = generated + the original at -6 dB (scaled down only where the sum would clip);
+    keep = the generated track first and the original as a second track."""
+    if mode == "new":
+        return audio, None
+    from .io.audio import load_audio
+
+    original, _ = load_audio(video, sample_rate, channels=2)
+    n = audio.shape[-1]
+    original = original[:, :n]
+    if original.shape[-1] < n:
+        import torch.nn.functional as F
+
+        original = F.pad(original, (0, n - original.shape[-1]))
+    if mode == "keep":
+        return audio, original
+    mixed = audio + MIX_GAIN * original
+    peak = float(mixed.abs().max())
+    return (mixed / peak if peak > 1.0 else mixed), None
 
 
 def _sample(args: argparse.Namespace, video: Path) -> tuple[Any, Any]:
@@ -282,6 +311,9 @@ def generate_manifest(args: argparse.Namespace) -> int:
         raise PrismAudioError("a batch (--manifest or a folder) generates every clip: drop the video, --cot and --name")
     if args.limit is not None and args.limit <= 0:
         raise PrismAudioError(f"--limit must be a positive integer, got {args.limit}")
+    if args.audio_format != "wav" or args.soundtrack != "new":
+        raise PrismAudioError("a batch writes <id>.wav files for `prismaudio evaluate`: drop --audio-format "
+                              "and --soundtrack")
     if folder and args.manifest_cot:
         raise PrismAudioError("--manifest-cot needs a --manifest (a folder of videos has no CoTs)")
     warn = lambda m: print(f"prismaudio: warning: {m}", file=sys.stderr)  # noqa: E731
@@ -558,6 +590,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="precision of the DiT and condition MLPs (default fp32; the VAE decodes in fp32)")
     g.add_argument("--offload", action="store_true",
                    help="free the pretrained encoders once their features exist, before sampling (less GPU memory)")
+    g.add_argument("--audio-format", choices=["wav", "flac"], default="wav",
+                   help="the generated track's file: 16-bit WAV (default) or FLAC (lossless, smaller)")
+    g.add_argument("--soundtrack", choices=["new", "mix", "keep"], default="new",
+                   help="the MP4's sound: new (the generated track only; default), mix (with the original "
+                        "at -6 dB), keep (the original as a second audio track)")
     g.add_argument("--quiet", action="store_true", help="no progress bar, no file list")
     g.set_defaults(func=cmd_generate)
 

@@ -195,8 +195,15 @@ def peak_normalize(audio: Tensor, peak: float = 0.95, eps: float = 1e-8) -> Tens
     return torch.where(m > eps, audio * (peak / m.clamp_min(eps)), audio)
 
 
-def save_wav(path: PathLike, audio: Tensor, sample_rate: int, subtype: str = "PCM_16") -> None:
-    """Write [C, S] (or [S]) audio as WAV atomically: temp file beside `path`, then `os.replace`.
+def save_flac(path: PathLike, audio: Tensor, sample_rate: int) -> None:
+    """Write [C, S] audio as 16-bit FLAC (lossless, about half a WAV's size), atomically."""
+    save_wav(path, audio, sample_rate, subtype="PCM_16", container="FLAC")
+
+
+def save_wav(path: PathLike, audio: Tensor, sample_rate: int, subtype: str = "PCM_16",
+             container: str = "WAV") -> None:
+    """Write [C, S] (or [S]) audio as WAV (or `container` FLAC) atomically: temp file beside
+    `path`, then `os.replace`.
 
     Samples are clipped to [-1, 1] for integer subtypes (soundfile would wrap them otherwise).
     """
@@ -205,14 +212,14 @@ def save_wav(path: PathLike, audio: Tensor, sample_rate: int, subtype: str = "PC
         raise PrismAudioError(f"sample rate must be a positive integer, got {sample_rate}")
     if not torch.isfinite(audio).all():
         raise PrismAudioError("audio to save contains NaN or infinite samples")
-    if not sf.check_format("WAV", subtype):
-        raise PrismAudioError(f"unsupported WAV subtype {subtype!r} (e.g. PCM_16, PCM_24, FLOAT)")
+    if not sf.check_format(container, subtype):
+        raise PrismAudioError(f"unsupported {container} subtype {subtype!r} (e.g. PCM_16, PCM_24, FLOAT)")
     data = audio.detach().to("cpu", torch.float32)
     if subtype.startswith("PCM"):
         data = data.clamp(-1.0, 1.0)
     out = Path(path)
     buf = io.BytesIO()  # encoded in memory, written with Python I/O: a full disk is a real OSError
-    sf.write(buf, data.T.numpy(), int(sample_rate), subtype=subtype, format="WAV")
+    sf.write(buf, data.T.numpy(), int(sample_rate), subtype=subtype, format=container)
     try:
         with atomic_path(out) as tmp:
             Path(tmp).write_bytes(buf.getbuffer())

@@ -382,7 +382,8 @@ def video_track_plan(video_path: PathLike, out_path: PathLike) -> str | None:
                           "FFmpeg has no H.264 / MPEG-4 encoder to re-encode it; use an .mkv output")
 
 
-def mux_audio(video_path: PathLike, audio: Tensor, sample_rate: int, out_path: PathLike) -> None:
+def mux_audio(video_path: PathLike, audio: Tensor, sample_rate: int, out_path: PathLike,
+              second: Tensor | None = None) -> None:
     """Write `out_path` = the input's video stream + `audio` as AAC.
 
     The video packets are copied when the container can hold their codec, else (WebM/VP8, GIF,
@@ -392,6 +393,7 @@ def mux_audio(video_path: PathLike, audio: Tensor, sample_rate: int, out_path: P
     keyframes, so the track is then re-encoded up to the audio's end. Existing audio tracks are dropped. The audio starts with
     the video stream; a rate AAC cannot store is resampled to the next AAC rate up. The file is
     written to a temporary name beside `out_path` and renamed, so readers never see a half file.
+    `second` ([2, S] at the same rate, e.g. the original soundtrack) becomes a second AAC track.
     """
     if not isinstance(audio, Tensor) or audio.ndim != 2 or audio.shape[0] not in (1, 2) or audio.shape[1] == 0:
         shape = tuple(audio.shape) if isinstance(audio, Tensor) else type(audio).__name__
@@ -402,10 +404,14 @@ def mux_audio(video_path: PathLike, audio: Tensor, sample_rate: int, out_path: P
         raise PrismAudioError(f"sample rate must be a positive integer, got {sample_rate}")
     if audio.shape[0] == 1:
         audio = audio.expand(2, -1)
+    if second is not None and (second.ndim != 2 or second.shape[0] != 2 or not torch.isfinite(second).all()):
+        raise PrismAudioError("the second audio track must be a finite [2, S] tensor")
     sample_rate = int(sample_rate)
     if sample_rate not in _AAC_RATES:  # AAC has a fixed rate table: go to the next one up
         target = min((r for r in _AAC_RATES if r >= sample_rate), default=max(_AAC_RATES))
-        audio, sample_rate = resample(audio.float(), sample_rate, target), target
+        audio = resample(audio.float(), sample_rate, target)
+        second = resample(second.float(), sample_rate, target) if second is not None else None
+        sample_rate = target
     fmt = _muxer_for(Path(out_path))
     encoder = video_track_plan(video_path, out_path)
     out = Path(out_path)
@@ -424,6 +430,9 @@ def mux_audio(video_path: PathLike, audio: Tensor, sample_rate: int, out_path: P
                 else:
                     vout, vpkts = _reencoded_packets(src, vin, dst, encoder, end if trim else None)
                 apkts = _encode_aac(dst, audio, sample_rate, _stream_start(vin))
+                if second is not None:  # one time-ordered list of both tracks' packets (stable: first wins ties)
+                    more = _encode_aac(dst, second, sample_rate, _stream_start(vin))
+                    apkts = sorted(apkts + more, key=lambda p: float(p.pts * p.time_base) if p.pts is not None else 0.0)
                 _interleave(vpkts, apkts, dst)
         except av.FFmpegError as e:
             if isinstance(e, OSError) and e.errno is not None and e.errno in _WRITE_ERRNOS:
