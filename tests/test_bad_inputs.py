@@ -551,10 +551,10 @@ def test_train_judges_reads_manifests_with_the_shared_reader(tmp_path: Path) -> 
 
 def test_train_data_warnings_reach_stderr_with_quiet(capsys: pytest.CaptureFixture[str]) -> None:
     """Issue 20 item 10: `train --quiet` silenced the skipped-clip warnings (they went to the log)."""
-    from prismaudio.train.trainer import _warnings_to
+    from prismaudio.harness import split_warnings
 
     logged: list[str] = []
-    route = _warnings_to(lambda m: print(f"prismaudio: warning: {m}", file=sys.stderr), logged.append)
+    route = split_warnings(lambda m: print(f"prismaudio: warning: {m}", file=sys.stderr), logged.append)
     route("skipping clip 'c3': video file not found")
     route("warning: could not write the data cache")
     route("loaded 8 clips")

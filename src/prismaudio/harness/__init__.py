@@ -11,8 +11,9 @@
 from .config import DataConfig, OptimConfig, load_run_config
 from .ema import EMA
 from .optim import build_optimizer, lr_lambda
-from .run import CHECKPOINTS, FINAL, EpochSampler, RunHarness, build_pipeline, print_log, seed_everything
+from .run import (CHECKPOINTS, FINAL, EpochSampler, RunHarness, build_pipeline, print_log, seed_everything,
+                  split_warnings)
 
 __all__ = ["CHECKPOINTS", "EMA", "FINAL", "DataConfig", "EpochSampler", "OptimConfig", "RunHarness",
            "build_optimizer", "build_pipeline", "load_run_config", "lr_lambda", "print_log",
-           "seed_everything"]
+           "seed_everything", "split_warnings"]

@@ -47,6 +47,21 @@ def print_log(msg: str) -> None:
     print(msg, flush=True)
 
 
+def split_warnings(warn: Log, log: Log) -> Log:
+    """A log whose "skipping ..." and "warning: ..." lines (the data builders' problems) go to
+    `warn` (stderr, shown even with --quiet) and everything else to `log` (progress)."""
+
+    def route(msg: str) -> None:
+        if msg.startswith("warning: "):
+            warn(msg[len("warning: "):])
+        elif msg.startswith("skipping"):
+            warn(msg)
+        else:
+            log(msg)
+
+    return route
+
+
 def seed_everything(seed: int) -> None:
     """Python, NumPy and torch's global RNGs (module init, anything not on the run's generator)."""
     random.seed(seed)
@@ -134,6 +149,10 @@ class RunHarness:
         """A warning: one line on stderr from the main process, shown even when the log is quiet."""
         if self.main:
             print(f"prismaudio: warning: {msg}", file=sys.stderr, flush=True)
+
+    def data_log(self) -> Log:
+        """The log to give the data builders: their skipped-clip / warning lines go to `warn`."""
+        return split_warnings(self.warn, self.log)
 
     # -------------------------------------------------------------------- facts
     @property

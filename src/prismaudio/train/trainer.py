@@ -37,21 +37,6 @@ def _build_stage(cfg: TrainConfig, pipe: PrismAudioPipeline, log: Log) -> Any:
     return FlowStage(cfg, pipe, log)
 
 
-def _warnings_to(warn: Log, log: Log) -> Log:
-    """The data builders' log, with their skipped-clip and warning lines sent to `warn` (stderr,
-    shown even with --quiet) instead of the progress log."""
-
-    def route(msg: str) -> None:
-        if msg.startswith("warning: "):
-            warn(msg[len("warning: "):])
-        elif msg.startswith("skipping"):
-            warn(msg)
-        else:
-            log(msg)
-
-    return route
-
-
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
@@ -74,7 +59,7 @@ class Trainer:
         self.pipe = build_pipeline(cfg.model, cfg.seed)
         h.check_resume(self.pipe.config.to_dict(), cfg.stage)  # before decoding any data
         with self.acc.main_process_first():  # rank 0 decodes and fills the data cache; the others read it
-            self.stage = _build_stage(cfg, self.pipe, _warnings_to(h.warn, self.log))
+            self.stage = _build_stage(cfg, self.pipe, h.data_log())
         self.pipe.to(h.device)
         n = len(self.stage.dataset)
         if n < cfg.batch_size * h.world:
