@@ -248,13 +248,17 @@ def _bewo_fast_frame_itd(x: Tensor, starts: list[int]) -> Tensor:
     sign = torch.tensor([1.0, -1.0], dtype=torch.float64)
     absc = torch.empty(nw, nb, blk, 2 * m + 1)
     bound = torch.empty(nw, nb, blk)
-    per_group = -(-nw // -(-nw // _FAST_WINDOWS))                                   # balanced groups
-    rows_max = per_group * nb
-    zf = torch.empty(rows_max, 2, 2, 2, h)
-    re, im, sq, pl, pr = (torch.empty(rows_max, 2, h) for _ in range(5))
-    cpos, spos = torch.empty(blk, rows_max, m + 1), torch.empty(blk, rows_max, m)
-    bsum = torch.empty(blk, rows_max)
-    for g in range(0, nw, per_group):
+    threads = torch.get_num_threads()
+    n_groups = max(-(-nw // _FAST_WINDOWS), min(threads, nw))
+    per_group = -(-nw // n_groups)                                                  # balanced groups
+
+    def group(g: int) -> None:
+        """Windows g .. g + per_group: anchors, then the slide, one step (frame of each block) at a time."""
+        rows_max = per_group * nb
+        zf = torch.empty(rows_max, 2, 2, 2, h)
+        re, im, sq, pl, pr = (torch.empty(rows_max, 2, h) for _ in range(5))
+        cpos, spos = torch.empty(blk, rows_max, m + 1), torch.empty(blk, rows_max, m)
+        bsum = torch.empty(blk, rows_max)
         wg = wins[g:g + per_group]
         gw = wg.shape[0]
         rows = gw * nb
@@ -292,6 +296,23 @@ def _bewo_fast_frame_itd(x: Tensor, starts: list[int]) -> Tensor:
         cc = torch.cat([(cp[..., 1:] + sp).flip(-1), cp[..., :1], cp[..., 1:] - sp], -1).abs_()  # lags -24..24
         absc[g:g + gw] = cc.view(blk, gw, nb, 2 * m + 1).permute(1, 2, 0, 3)
         bound[g:g + gw] = ((bsum[:, :rows].double() - 4.0) * (2.0 / n)).view(blk, gw, nb).permute(1, 2, 0)
+
+    # Parallel over groups of windows with one intra-op thread each: thousands of small ops, each with a
+    # thread barrier, stall badly on a shared machine (measured 10-40x slower under load; the
+    # reference's few large ops do not). The thread count is restored on exit.
+    groups = list(range(0, nw, per_group))
+    torch.set_num_threads(1)
+    try:
+        if threads > 1 and len(groups) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(threads, len(groups))) as pool:
+                list(pool.map(group, groups))
+        else:
+            for g in groups:
+                group(g)
+    finally:
+        torch.set_num_threads(threads)
     top = absc.view(nw, nf, 2 * m + 1).topk(2, dim=-1)
     itd = -(top.indices[..., 0].to(torch.float64) - m) / BEWO_SR
     gap = top.values[..., 0] - top.values[..., 1]
