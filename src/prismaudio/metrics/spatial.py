@@ -190,7 +190,7 @@ def itd_track_bewo_reference(audio, sr: int, frame_stride: int = 1, max_frames_p
 _FAST_BLOCK = 171                      # 513 = 3 x 171 frames: 3 anchors (float64 FFTs) per window
 _FAST_WINDOWS = 12                     # windows per group: 36 frames per step, a working set in cache
 _FAST_HALF = (BEWO_NFFT // 2 + 2) // 2  # 1921 bins per parity class (odd ones padded by one)
-_FAST_BIN_ERR = 40.0                   # per-bin FFT error of the float32 reference, x eps x ||frame||
+_FAST_BIN_ERR = 40.0                   # per-bin float32 FFT error, x eps x ||frame|| (calibrated, see below)
 _FAST_CC_ERR = 1e-5                    # every other rounding of either path, on |cc| (<= 1)
 _fast_tables_cache: dict[int, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
 
@@ -227,8 +227,14 @@ def _bewo_fast_frame_itd(x: Tensor, starts: list[int]) -> Tensor:
     can be from the exact value; the bound is per frame, from its own spectrum:
     sum over bins of min(2, 2 c eps ||frame|| (1/|X_L| + 1/|X_R|)) / 7680 (bins far below the frame's
     level are where a float32 FFT's phase is noise), plus a constant for the remaining roundings.
-    Every other frame (near ties, exact ties, near-empty bins) is recomputed by `_bewo_window_itd`
+    Every other frame (near ties, exact ties, near-empty frames) is recomputed by `_bewo_window_itd`
     itself, so its argmax is the reference's, tie-breaking included.
+
+    The constant c (`_FAST_BIN_ERR` = 40) is calibrated, not a proven worst case: on 16,184 corpus
+    frames the reference's largest |cc| error (up to 1.3e-3, from weak bins) stayed below half of this
+    bound; identity is verified on 20 corpus clips (400,140 frames, 0.8% recomputed) and on
+    band-limited, tonal, moving-source, click and -80 dB test signals (tests/test_metrics_spatial.py,
+    benchmarks/bench_metrics.py --bewo-only).
     """
     rot, cos, sin, order = _fast_tables(_FAST_BLOCK)
     n, fr, m, h, blk = BEWO_NFFT, BEWO_FRAME, BEWO_MAXLAG, _FAST_HALF, _FAST_BLOCK
