@@ -281,3 +281,17 @@ def test_late_rename_failure_rolls_back_and_keeps_the_previous_report(tmp_path, 
     with pytest.raises(PrismAudioError, match="No space left on device"):
         E.write_outputs(tmp_path / "t", report2, per2)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # old set intact, no staging left
+
+
+def test_evaluate_out_under_a_file_fails_before_the_work(tmp_path, monkeypatch, capsys):
+    """`prismaudio evaluate` checks --out before any evaluation: an --out under a file is one line, exit 2."""
+    from prismaudio.cli import main
+    from prismaudio.metrics import evaluate as E
+
+    monkeypatch.setattr(E, "evaluate", lambda *a, **k: pytest.fail("evaluated before checking --out"))
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    rc = main(["evaluate", "--manifest", str(tmp_path / "m.jsonl"), "--generated", str(tmp_path),
+               "--out", str(afile / "table")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "is not a directory" in err[0]

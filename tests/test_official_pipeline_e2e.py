@@ -130,9 +130,9 @@ def test_generate_runs_the_official_pipeline_on_odd_videos(model_dir: Path, clip
     audio, sr = sf.read(outs[0], dtype="float32")
     cfg = PrismAudioPipeline.from_pretrained(model_dir).config
     duration = probe_video(video).duration
-    hop = cfg.sample_rate * cfg.duration / cfg.latent_length(cfg.duration)  # samples per latent frame
-    # the clip's length, on the official latent grid N = round(rate / hop * d)
-    expected = min(round(duration * sr), round(cfg.latent_length(duration) * hop))
+    hop = cfg.vae.downsampling_ratio  # samples per latent frame
+    # exactly the clip's length: the latent length is rounded up to whole hops, the audio then trimmed
+    expected = round(duration * sr)
     assert sr == cfg.sample_rate and audio.ndim == 2 and audio.shape[1] == 2
     assert audio.shape[0] == expected and abs(audio.shape[0] - duration * sr) <= hop
     assert np.isfinite(audio).all() and float(np.abs(audio).max()) > 0

@@ -9,6 +9,7 @@
 * `train-judges`      train the offline semantic / sync / quality judges on a procedural corpus
 * `evaluate`          the paper's metrics (and the procedural ground truth) for generated audio
 * `convert-official`  an official PrismAudio checkpoint as our model directory
+* `demo`              the web demo (gradio) on this machine (`prismaudio.web`)
 
 Every user error is one line on stderr and exit code 2, and so is an OS error while writing (a
 full disk, a read-only folder): output locations are checked before any work, and `generate`
@@ -106,26 +107,40 @@ def planner_options(items: Sequence[str] | None) -> dict[str, Any]:
     return opts
 
 
-def resolve_cot(args: argparse.Namespace, video: Path) -> Any:
-    """The CoT to condition on: `--cot` (four labelled parts / Markdown / JSON; anything else is
-    treated as monolithic reasoning and split by the rule-based decoupler), else the planner's plan
-    of the video, else None (`--planner none`)."""
-    from .cot import CoT, CoTParseError, build_planner, rule_based_decouple
+def given_cot(args: argparse.Namespace) -> Any:
+    """`--cot` as a CoT (four labelled parts / Markdown / JSON; anything else is treated as
+    monolithic reasoning and split by the rule-based decoupler), or None when not given."""
+    from .cot import CoT, CoTParseError, rule_based_decouple
 
-    if args.cot is not None:
-        text = read_text_arg(args.cot)
-        if not text.strip():
-            raise PrismAudioError("--cot is empty")
-        try:
-            return CoT.parse(text)
-        except CoTParseError as e:
-            if any(v.strip() for v in (e.partial or {}).values()):  # labelled, some parts missing
-                print(f"prismaudio: note: the CoT has no {', '.join(e.missing)} part; left empty", file=sys.stderr)
-                return CoT.parse(text, allow_missing=True)
-            return rule_based_decouple(text)
-    if args.planner == "none":
+    if args.cot is None:
         return None
+    text = read_text_arg(args.cot)
+    if not text.strip():
+        raise PrismAudioError("--cot is empty")
+    try:
+        return CoT.parse(text)
+    except CoTParseError as e:
+        if any(v.strip() for v in (e.partial or {}).values()):  # labelled, some parts missing
+            print(f"prismaudio: note: the CoT has no {', '.join(e.missing)} part; left empty", file=sys.stderr)
+            return CoT.parse(text, allow_missing=True)
+        return rule_based_decouple(text)
+
+
+def resolve_cot(args: argparse.Namespace, video: Path) -> Any:
+    """The CoT to condition on: `--cot`, else the planner's plan of the video, else None (`--planner none`)."""
+    from .cot import build_planner
+
+    given = given_cot(args)
+    if given is not None or args.planner == "none":
+        return given
     return build_planner(args.planner, **planner_options(args.planner_opt)).plan(video, caption=args.caption)
+
+
+def status_printer(quiet: bool) -> Callable[[str], None]:
+    """One `prismaudio: ...` line on stderr per slow stage (loading, planning, encoding); none with --quiet."""
+    if quiet:
+        return lambda _m: None
+    return lambda m: print(f"prismaudio: {m}", file=sys.stderr, flush=True)
 
 
 def cmd_cot(args: argparse.Namespace) -> int:
@@ -278,14 +293,21 @@ def soundtrack(mode: str, video: Path, audio: Any, sample_rate: int) -> tuple[An
 
 
 def _sample(args: argparse.Namespace, video: Path) -> tuple[Any, Any]:
-    """Load the model, plan the CoT and sample: (plan or None, GenerationResult)."""
+    """Load the model and generate; the API plans the CoT unless --cot gives one (the same
+    behaviour as `PrismAudioPipeline.generate`): (plan or None, GenerationResult)."""
+    import time
+
     from tqdm import tqdm
 
+    given = given_cot(args)
+    options = planner_options(args.planner_opt)
+    say = status_printer(args.quiet)
+    say(f"loading the model ({args.model or default_model_dir() or 'preset:mini'}) ...")
+    t0 = time.perf_counter()
     pipe = place_pipeline(load_pipeline(args.model), args)
+    say(f"loaded in {time.perf_counter() - t0:.1f} s")
     if args.duration_rule is not None:
         pipe.config.sampling.duration_rule = args.duration_rule
-    plan = resolve_cot(args, video)
-    cot = plan.render(args.cot_style) if plan is not None else ""
     bars: list[tqdm] = []
 
     def progress(i: int, total: int) -> None:
@@ -294,11 +316,13 @@ def _sample(args: argparse.Namespace, video: Path) -> tuple[Any, Any]:
         bars[0].update(1)
 
     result = pipe.generate(
-        video, cot=cot, duration=args.duration, seed=args.seed, steps=args.steps, cfg_scale=args.cfg, progress=progress
+        video, cot=given, duration=args.duration, seed=args.seed, steps=args.steps, cfg_scale=args.cfg,
+        progress=progress, planner=None if args.planner == "none" else args.planner, planner_options=options,
+        caption=args.caption, cot_style=args.cot_style, status=say,
     )
     for bar in bars:
         bar.close()
-    return plan, result
+    return result.plan, result
 
 
 def generate_manifest(args: argparse.Namespace) -> int:
@@ -331,6 +355,8 @@ def generate_manifest(args: argparse.Namespace) -> int:
     from .io.files import check_output_dir
 
     check_output_dir(args.out)
+    say = status_printer(args.quiet)
+    say(f"loading the model ({args.model or default_model_dir() or 'preset:mini'}) ...")
     pipe = place_pipeline(load_pipeline(args.model), args)
     summary = generate_rows(pipe, rows, args.out, plan, cot_style=args.cot_style, steps=args.steps,
                             cfg_scale=args.cfg, seed=args.seed, progress=not args.quiet)
@@ -439,67 +465,10 @@ def cmd_train_judges(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------- evaluate
-def parse_generated(items: list[str]) -> dict[str, str]:
-    """`[NAME=]DIR` items -> {name: dir}; NAME defaults to the folder's name."""
-    out: dict[str, str] = {}
-    for item in items:
-        name, eq, folder = item.partition("=")
-        if not eq or not name or os.sep in name or Path(item).is_dir():
-            name, folder = Path(item.rstrip("/\\")).name, item
-        if not folder:
-            raise PrismAudioError(f"--generated {item!r}: expected [NAME=]DIR")
-        if name in out:
-            raise PrismAudioError(f"--generated: system name {name!r} given twice")
-        out[name] = folder
-    return out
-
-
-def write_clip_rows(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
-    """PREFIX.clips.jsonl: one line per (system, clip) with every per-clip value (NaN -> null), for
-    statistics the table does not show (medians, paired differences between systems)."""
-    import json
-    import math
-
-    from .io.files import atomic_path
-
-    def clean(v: Any) -> Any:
-        return None if isinstance(v, float) and not math.isfinite(v) else v
-
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for system, clips in results.items():
-                for clip in clips:
-                    f.write(json.dumps({"system": system, **{k: clean(v) for k, v in clip.items()}}) + "\n")
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import logging
+    from .metrics.evaluate import run_cli  # checks --out first, writes the three files all-or-nothing
 
-    from .metrics.evaluate import evaluate, load_real_config, summary_lines
-
-    if args.limit is not None and args.limit <= 0:
-        raise PrismAudioError(f"--limit must be a positive integer, got {args.limit}")
-    if args.bewo_frame_stride <= 0:
-        raise PrismAudioError(f"--bewo-frame-stride must be a positive integer, got {args.bewo_frame_stride}")
-    if args.real_config and args.judges != "real":
-        raise PrismAudioError("--real-config needs --judges real")
-    logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, format="prismaudio: %(message)s")
-    real = load_real_config(args.real_config) if args.real_config else None
-    report, results = evaluate(
-        args.manifest, parse_generated(args.generated), judges=args.judges, real_config=real,
-        split=None if args.split == "all" else args.split, limit=args.limit, spatial_mode=args.spatial_mode,
-        bewo_frame_stride=args.bewo_frame_stride, include_gt=not args.no_gt, progress=not args.quiet,
-        judges_dir=args.judges_dir,
-    )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    report.write(out.parent / (out.name + ".md"), out.parent / (out.name + ".json"))
-    write_clip_rows(results, out.parent / (out.name + ".clips.jsonl"))
-    print(report.to_markdown())
-    if not args.quiet:
-        for line in summary_lines(results):
-            print(f"prismaudio: note: {line}", file=sys.stderr)
-    return 0
+    return run_cli(args)
 
 
 # ---------------------------------------------------------------------------------- train
@@ -649,8 +618,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--generated", action="append", default=[], metavar="[NAME=]DIR",
                    help="folder of <id>.wav (.flac/.mp3) files; repeatable; NAME defaults to the folder name")
     v.add_argument("--judges", choices=["offline", "real"], default="offline",
-                   help="offline judges, or the real models of --real-config (missing roles: offline)")
-    v.add_argument("--real-config", default=None, help="JSON/YAML: {role: {backend: NAME, path: ...}}")
+                   help="offline judges, or the real models of --real-config (roles it leaves out: offline, said "
+                        "once; a backend whose file is missing or fails to load: its columns n/a, said once)")
+    v.add_argument("--real-config", default=None,
+                   help="YAML naming each backend's local checkpoint, {role: {backend: NAME, path: FILE}} "
+                        "(see configs/eval/real.yaml and docs/metrics.md)")
     v.add_argument("--judges-dir", default=None,
                    help="offline judges folder (default: $PRISMAUDIO_JUDGES or the shipped judges asset)")
     v.add_argument("--split", default="test", help="manifest split to evaluate, or 'all' (default: test)")
@@ -696,6 +668,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True,
                    help="output model directory (new or empty); the encoders are hard-linked (or copied) into it")
     c.set_defaults(func=cmd_convert_official)
+
+    from .web.command import add_parser as add_demo_parser  # gradio is imported only when `demo` runs
+    add_demo_parser(sub)
     return p
 
 

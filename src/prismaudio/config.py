@@ -263,6 +263,8 @@ def read_config_file(path: str | Path, what: str = "config", yaml_syntax: bool =
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise PrismAudioError(f"{what} {path} is not UTF-8 text") from None
     except OSError as e:
         raise PrismAudioError(f"cannot read {what} {path}: {e.strerror or e}") from None
     try:
@@ -272,7 +274,9 @@ def read_config_file(path: str | Path, what: str = "config", yaml_syntax: bool =
             return yaml.safe_load(text)
         return json.loads(text)
     except Exception as e:  # noqa: BLE001 - any parse failure is a bad-input error
-        raise PrismAudioError(f"cannot parse {what} {path}: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        why = f"{getattr(e, 'problem', None) or e} at line {mark.line + 1}, column {mark.column + 1}" if mark else e
+        raise PrismAudioError(f"cannot parse {what} {path}: {why}") from None
 
 
 def load_model_config(path: str | Path) -> ModelConfig:

@@ -124,9 +124,9 @@ class GRPOTrainer:
         """Decode the corpus once; compute every clip's condition once (frozen conditioner)."""
         cfg, pipe = self.cfg, self.pipe
         pipe._require_encoders()
-        rows = load_rows(cfg.data, self.log)
+        rows = load_rows(cfg.data, self.harness.data_log())
         clips = build_flow_clips(pipe, rows, cfg.data, "cot" if cfg.text == "cot" else "foundation", "multi",
-                                 self.log)
+                                 self.harness.data_log())
         by_id = {r.id: r for r in rows}
         self.rows = [by_id[i] for i in clips.ids]
         need = cfg.prompts_per_iter * self.harness.world
