@@ -34,6 +34,9 @@ class DiTConfig:
     ff_mult: int = 4  # SwiGLU hidden = ff_mult * embed_dim
     num_fourier_features: int = 128  # timestep Fourier features (embedding is [cos ; sin] = 2x this)
     keep_unused_official_params: bool = True  # empty_clip_feat / empty_sync_feat, kept for checkpoint parity
+    # issue 18: a zero-initialised projection of the audio context [latents*visible; visible; keep]
+    # added to the input embedding (`DiffusionTransformer.enable_audio_context`); off = official
+    audio_context: bool = False
 
 
 @dataclass

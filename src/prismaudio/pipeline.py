@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from .context import AudioContext, ContextLatents, frame_masks, splice
 from .config import DURATION_RULES, EncoderSpec, ModelConfig, load_model_config, preset
 from .encoders.base import Encoder, FrozenEncoder, TextTruncation, build_encoder
 from .errors import PrismAudioError
@@ -32,7 +33,7 @@ from .io.weights import contiguous_state, load_strict
 from .model.conditioning import Conditioner, ConditionTokens
 from .model.dit import DiffusionTransformer
 from .model.vae import OobleckVAE
-from .sampling import guided_velocity, inference_timesteps, sample_ode
+from .sampling import guided_velocity, inference_timesteps, replace_known, sample_ode
 
 if TYPE_CHECKING:
     from .cot import CoT, Planner
@@ -260,9 +261,9 @@ class PrismAudioPipeline(nn.Module):
         uncond_cross = torch.cat([torch.zeros_like(cond.cross[:, :tv]), neg], dim=1)
         length = max(cond.cross.shape[1], uncond_cross.shape[1])
         pad = lambda x: nn.functional.pad(x, (0, 0, 0, length - x.shape[1]))  # noqa: E731
-        cond = ConditionTokens(pad(cond.cross), cond.add, cond.sync)
+        cond = ConditionTokens(pad(cond.cross), cond.add, cond.sync, cond.audio)
         zeros = cond.zeros_like()
-        return cond, ConditionTokens(pad(uncond_cross), zeros.add, zeros.sync)
+        return cond, ConditionTokens(pad(uncond_cross), zeros.add, zeros.sync, cond.audio)
 
     # ---------------------------------------------------------------- planning
     def plan_cot(self, video: str | os.PathLike, planner: "str | Planner" = "offline", caption: str | None = None,
@@ -306,6 +307,8 @@ class PrismAudioPipeline(nn.Module):
         caption: str | None = None,
         cot_style: str = "multi",
         status: Callable[[str], None] | None = None,
+        context: AudioContext | None = None,
+        context_replace: bool = True,
     ) -> GenerationResult:
         """Sound for `video`: the same behaviour as `prismaudio generate`. Same seed -> bit-identical
         audio on CPU.
@@ -322,6 +325,13 @@ class PrismAudioPipeline(nn.Module):
         replaced by a clip guard (audio is only scaled down when it would clip). `offload` (default
         `self.offload_encoders`) frees the frozen encoders once their features exist, before the DiT
         runs. `status` receives one line per slow stage (planning, encoding).
+
+        `context` (an `AudioContext`, issue 18): existing audio to continue / edit. It is checked
+        against the clip before any work, VAE-encoded, and conditions the DiT (a model with
+        `dit.audio_context`); with `context_replace` the kept latent frames also follow the context's
+        own flow path at every step (`sampling.replace_known`; the only use of the context for a
+        model without `audio_context`). The output equals `context.audio` exactly on `keep`
+        samples farther than `context.crossfade_s` from a generated one (`context.splice`).
         """
         from .cot import CoT
 
@@ -332,6 +342,11 @@ class PrismAudioPipeline(nn.Module):
             raise PrismAudioError(f"num_samples must be a positive integer, got {num_samples!r}")
         cfg = self.config.sampling.cfg_scale if cfg_scale is None else float(cfg_scale)
         say = status or (lambda _m: None)
+        if context is not None:  # refuse a context that does not fit before planning / encoding
+            if duration is None:
+                duration = self._check_duration(self.clip_duration(probe_video(video).duration))
+            context.validate(self.config.sample_rate, round(duration * self.config.sample_rate),
+                             self.config.vae.audio_channels)
         plan: CoT | None = cot if isinstance(cot, CoT) else None
         if cot is None and planner is not None:
             name = planner if isinstance(planner, str) else type(planner).__name__
@@ -362,8 +377,11 @@ class PrismAudioPipeline(nn.Module):
         if neg_text is not None:
             cond, uncond = self.negative_condition(cond, neg_text)
         seeds = tuple(int(seed) + k for k in range(num_samples))
-        latents = self.sample_latents(cond, seed=seeds, steps=steps, cfg_scale=cfg, progress=progress, uncond=uncond)
+        latents = self.sample_latents(cond, seed=seeds, steps=steps, cfg_scale=cfg, progress=progress, uncond=uncond,
+                                      context=context, context_replace=context_replace)
         audio = self.decode(latents, feats.duration)
+        if context is not None:
+            audio = splice(audio, context, self.config.sample_rate)
         return GenerationResult(audio[0], self.config.sample_rate, latents, feats.duration, text, samples=audio,
                                 seeds=seeds, plan=plan, video=Path(video), truncation=truncation,
                                 negative_cot=negative)
@@ -376,9 +394,16 @@ class PrismAudioPipeline(nn.Module):
         cfg_scale: float = 5.0,
         progress: Callable[[int, int], None] | None = None,
         uncond: ConditionTokens | None = None,
+        context: AudioContext | ContextLatents | None = None,
+        context_replace: bool = True,
     ) -> Tensor:
         """Latents [K, C, N] for a condition batch of 1 (K = the number of seeds, one noise draw
-        each) or of K; `uncond` replaces CFG's zero branch (`negative_condition`)."""
+        each) or of K; `uncond` replaces CFG's zero branch (`negative_condition`).
+
+        `context` (an `AudioContext`, or one already at latent resolution, batch 1 or K) enters
+        the DiT as `cond.audio` in both CFG branches when the model has `dit.audio_context`;
+        `context_replace` imposes its kept frames on the state at every step (`replace_known`).
+        None leaves everything as before, bit for bit."""
         n = cond.sync.shape[1] if cond.sync is not None else None
         if n is None:
             raise PrismAudioError("the sync condition is required to know the latent length")
@@ -390,8 +415,38 @@ class PrismAudioPipeline(nn.Module):
         # and the Euler state stays float32: only the network runs in `self.dtype`
         noise = torch.cat([torch.randn(*shape, generator=torch.Generator(device="cpu").manual_seed(int(s)))
                            for s in seeds]).to(self.device)
+        constraint = None
+        if context is not None:
+            ctx = (context if isinstance(context, ContextLatents) else self.encode_context(context, n)).to(self.device)
+            if ctx.latents.shape[1:] != noise.shape[1:] or ctx.latents.shape[0] not in (1, noise.shape[0]):
+                raise PrismAudioError(f"context latents {tuple(ctx.latents.shape)} do not fit the sample {tuple(noise.shape)}")
+            if ctx.latents.shape[0] > cond.batch_size == 1:  # one clip's conditions, one context per seed
+                cond = cond.repeat_interleave(ctx.latents.shape[0])
+                uncond = None if uncond is None else uncond.repeat_interleave(ctx.latents.shape[0])
+            if self.config.dit.audio_context:
+                cond = cond.with_audio(ctx.condition().to(cond.cross.dtype))
+                if uncond is not None:
+                    uncond = uncond.with_audio(cond.audio)
+            if context_replace:
+                constraint = replace_known(ctx.latents, ctx.keep.unsqueeze(1), noise)
         fn = guided_velocity(_Float32Velocity(self.dit), cond, cfg_scale, uncond=uncond)
-        return sample_ode(fn, noise, inference_timesteps(steps).to(self.device), progress=progress)
+        return sample_ode(fn, noise, inference_timesteps(steps).to(self.device), progress=progress,
+                          constraint=constraint)
+
+    @torch.no_grad()
+    def encode_context(self, context: AudioContext, num_frames: int) -> ContextLatents:
+        """The context at latent resolution: its audio's VAE posterior mean (/ latent_scale) over
+        `num_frames` frames (zero-padded to whole hops) and the frame masks (`context.frame_masks`)."""
+        hop = self.config.vae.downsampling_ratio
+        context.validate(self.config.sample_rate, context.audio.shape[-1], self.config.vae.audio_channels)
+        audio = context.audio.float()
+        total = num_frames * hop
+        audio = audio[:, :total] if audio.shape[-1] >= total else nn.functional.pad(audio, (0, total - audio.shape[-1]))
+        vae_dtype = next(self.vae.parameters()).dtype
+        dev = next(self.vae.parameters()).device
+        z = self.vae.encode(audio.unsqueeze(0).to(dev, vae_dtype), sample=False).float()[..., :num_frames]
+        keep, visible = frame_masks(context.keep.cpu(), context.visible_mask.cpu(), hop, num_frames)
+        return ContextLatents(z, keep.unsqueeze(0).to(z.device), visible.unsqueeze(0).to(z.device))
 
     def decode(self, latents: Tensor, duration: float) -> Tensor:
         """Waveforms [K, 2, S] trimmed to exactly round(duration * sample_rate) samples."""

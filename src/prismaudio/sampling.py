@@ -37,12 +37,17 @@ __all__ = [
     "MixedSampleOutput",
     "sample_mixed",
     "sample_window_start",
+    "Constraint",
+    "replace_known",
 ]
 
 VelocityFn = Callable[[Tensor, Tensor], Tensor]
 """(x [B, ...], t [B]) -> v [B, ...]; must accept any batch size the sampler hands it."""
 
 Scalar = float | Tensor  # a float, a 0-d tensor or a per-sample [B] tensor
+
+Constraint = Callable[[Tensor, Tensor], Tensor]
+"""(x [B, ...], t [B]) -> x with the known part of the state imposed (see `replace_known`)."""
 
 
 # ------------------------------------------------------------------------------------ schedules
@@ -190,23 +195,48 @@ def sde_step(
 
 
 # ------------------------------------------------------------------------------------ samplers
+def replace_known(known: Tensor, mask: Tensor, noise: Tensor) -> Constraint:
+    """RePaint-style hard constraint for flow matching: where `mask` is True, the state is replaced
+    by the point of the known latents' own flow path, x_t = (1 - t)·known + t·noise.
+
+    known [1 or B, C, N], mask broadcastable to it ([1 or B, 1, N] bool), noise [B, C, N]: the
+    sampler's starting noise, so at t = 1 the constraint is the identity and at t = 0 it returns
+    `known` exactly on the masked frames. It keeps an under-trained context model from drifting
+    away from the audio it must continue (measured in docs/audio_context.md).
+    """
+
+    def constrain(x: Tensor, t: Tensor) -> Tensor:
+        tt = _bcast(t, x)
+        path = (1 - tt) * known.to(x.dtype) + tt * noise.to(x.dtype)
+        return torch.where(mask, path, x)
+
+    return constrain
+
+
 def sample_ode(
     velocity_fn: VelocityFn,
     noise: Tensor,
     timesteps: Tensor,
     progress: Callable[[int, int], None] | None = None,
+    constraint: Constraint | None = None,
 ) -> Tensor:
     """Euler ODE from noise at timesteps[0] to timesteps[-1] (official `sample_discrete_euler`).
 
     `progress(i, total)` is called after step i (1-based), e.g. to drive a progress bar.
+    `constraint(x, t)` (e.g. `replace_known`), when given, is applied to the state before every
+    velocity evaluation and to the final state; None is the plain sampler, bit for bit.
     """
     x = noise
     total = len(timesteps) - 1
     for i in range(total):
+        if constraint is not None:
+            x = constraint(x, _t_vector(timesteps[i], x))
         v = velocity_fn(x, _t_vector(timesteps[i], x))
         x = euler_step(x, v, timesteps[i], timesteps[i + 1])
         if progress is not None:
             progress(i + 1, total)
+    if constraint is not None:
+        x = constraint(x, _t_vector(timesteps[-1], x))
     return x
 
 

@@ -25,11 +25,15 @@ class ConditionTokens:
     cross: [B, Tv + Lt, D] cross-attention context = [video ; text]
     add:   [B, Tv, D]      video add path (interpolated to N inside the DiT)
     sync:  [B, N, D]       sync add path, already at the latent length (None = no sync path)
+    audio: [B, C + 2, N]   audio context [latents * visible ; visible ; keep] (None = none; issue 18).
+           It conditions BOTH CFG branches (it is not guided), so `zeros_like` keeps it, and the
+           three-mask `dropout` leaves it alone: the context stage drops it with its own rate.
     """
 
     cross: Tensor
     add: Tensor
     sync: Tensor | None
+    audio: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -41,25 +45,30 @@ class ConditionTokens:
             torch.zeros_like(self.cross),
             torch.zeros_like(self.add),
             None if self.sync is None else torch.zeros_like(self.sync),
+            self.audio,
         )
 
     def cat(self, other: "ConditionTokens") -> "ConditionTokens":
         """Concatenate along the batch (used for [cond ; uncond] CFG batches)."""
         sync = None if self.sync is None or other.sync is None else torch.cat([self.sync, other.sync])
-        return ConditionTokens(torch.cat([self.cross, other.cross]), torch.cat([self.add, other.add]), sync)
+        audio = None if self.audio is None or other.audio is None else torch.cat([self.audio, other.audio])
+        return ConditionTokens(torch.cat([self.cross, other.cross]), torch.cat([self.add, other.add]), sync, audio)
 
     def repeat_interleave(self, n: int) -> "ConditionTokens":
         """Each item repeated n times in a row (a group of n samples per prompt)."""
         sync = None if self.sync is None else self.sync.repeat_interleave(n, 0)
-        return ConditionTokens(self.cross.repeat_interleave(n, 0), self.add.repeat_interleave(n, 0), sync)
+        audio = None if self.audio is None else self.audio.repeat_interleave(n, 0)
+        return ConditionTokens(self.cross.repeat_interleave(n, 0), self.add.repeat_interleave(n, 0), sync, audio)
 
     def index(self, idx: Tensor | slice) -> "ConditionTokens":
         sync = None if self.sync is None else self.sync[idx]
-        return ConditionTokens(self.cross[idx], self.add[idx], sync)
+        audio = None if self.audio is None else self.audio[idx]
+        return ConditionTokens(self.cross[idx], self.add[idx], sync, audio)
 
     def to(self, *args, **kwargs) -> "ConditionTokens":
         sync = None if self.sync is None else self.sync.to(*args, **kwargs)
-        return ConditionTokens(self.cross.to(*args, **kwargs), self.add.to(*args, **kwargs), sync)
+        audio = None if self.audio is None else self.audio.to(*args, **kwargs)
+        return ConditionTokens(self.cross.to(*args, **kwargs), self.add.to(*args, **kwargs), sync, audio)
 
     def dropout(self, p: float, generator: torch.Generator | None = None) -> "ConditionTokens":
         """Official training dropout: three independent per-sample Bernoulli(p) masks replace the
@@ -75,7 +84,13 @@ class ConditionTokens:
             return x * k.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
 
         sync = None if self.sync is None else _mask(self.sync, keep[2])
-        return ConditionTokens(_mask(self.cross, keep[0]), _mask(self.add, keep[1]), sync)
+        return ConditionTokens(_mask(self.cross, keep[0]), _mask(self.add, keep[1]), sync, self.audio)
+
+    def with_audio(self, audio: Tensor | None) -> "ConditionTokens":
+        """The same conditions with the audio context `audio` [B or 1, C + 2, N] (1 is broadcast)."""
+        if audio is not None and audio.shape[0] == 1 and self.batch_size > 1:
+            audio = audio.expand(self.batch_size, -1, -1)
+        return ConditionTokens(self.cross, self.add, self.sync, audio)
 
 
 # -------------------------------------------------------------------------------- conditioner

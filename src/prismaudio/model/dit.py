@@ -29,6 +29,7 @@ class PreparedConditions:
     sync: Tensor | None  # [B, N, D] sigmoid(sync_gate) * sync path
     kv: list[tuple[Tensor, Tensor]]  # per block: cross-attention (normed keys, values)
     ctx_items: Tensor | None  # batch items with a non-zero context (None = all)
+    audio_ctx: Tensor | None = None  # [B, N, D] ctx_proj(audio context); None = no audio context
 
 
 class TimestepEmbedding(nn.Module):
@@ -87,8 +88,28 @@ class DiffusionTransformer(nn.Module):
         self.blocks = nn.ModuleList(
             Block(d, cfg.num_heads, cfg.cond_token_dim, cfg.ff_mult) for _ in range(cfg.depth)
         )
+        if cfg.audio_context:  # registered last: the same parameter order as `enable_audio_context` later
+            self.enable_audio_context()
 
     # ------------------------------------------------------------------------------------
+    def enable_audio_context(self) -> bool:
+        """Add the audio-context projection (issue 18) if it is missing; True when it was added.
+
+        `ctx_proj` maps ctx = [latents * visible ; visible ; keep] ([B, C + 2, N]) to the embedding
+        width and is added to the input embedding. It starts at zero, so a model trained without
+        context computes exactly what it did until the projection learns (how the context stage
+        starts from a trained foundation / CoT model). Without `audio_context` the module has no
+        such parameter: official state dicts and outputs stay as they are.
+        """
+        if hasattr(self, "ctx_proj"):
+            return False
+        p = self.project_in.weight
+        self.ctx_proj = nn.Linear(self.cfg.io_channels + 2, self.cfg.embed_dim, bias=False,
+                                  device=p.device, dtype=p.dtype)
+        nn.init.zeros_(self.ctx_proj.weight)
+        self.cfg.audio_context = True
+        return True
+
     def prepare(self, cond: ConditionTokens, n: int) -> PreparedConditions:
         """Everything that depends on the conditions but not on (x, t): the condition MLPs, the
         interpolated gated additions and each block's cross-attention keys/values. A sampler
@@ -106,7 +127,7 @@ class DiffusionTransformer(nn.Module):
         if sync is not None:
             # our fix: the official code requires len(sync) == N (integer durations of 8-15 s only)
             sync = torch.sigmoid(self.sync_gate) * interpolate_time(sync, n)
-        return PreparedConditions(n, added, sync, kv, ctx_items)
+        return PreparedConditions(n, added, sync, kv, ctx_items, self._audio_context(cond.audio, n, dtype))
 
     def forward(self, x: Tensor, t: Tensor, cond: ConditionTokens | PreparedConditions) -> Tensor:
         dtype = self.project_in.weight.dtype
@@ -121,6 +142,8 @@ class DiffusionTransformer(nn.Module):
         z = self.project_in(h.transpose(1, 2)) + prep.added  # add the video path after its MLP
         if prep.sync is not None:
             z = z + prep.sync
+        if prep.audio_ctx is not None:
+            z = z + prep.audio_ctx
         z = torch.cat((self.time_embed(t)[:, None], z), dim=1)  # timestep token at position 0
 
         rope = self.rope(n + 1, z.device)
@@ -129,6 +152,19 @@ class DiffusionTransformer(nn.Module):
 
         out = self.project_out(z[:, 1:]).transpose(1, 2)
         return out + self.post_conv(out)
+
+    def _audio_context(self, ctx: Tensor | None, n: int, dtype: torch.dtype) -> Tensor | None:
+        """ctx_proj(ctx) as [B, N, D]; None when there is no context (= an all-zero one, since the
+        projection has no bias) so context-free sampling does no extra work."""
+        if ctx is None:
+            return None
+        if not hasattr(self, "ctx_proj"):
+            raise PrismAudioError("this model was not trained with audio context (dit.audio_context is false); "
+                                  "train the context stage first (configs/train/context_mini.yaml)")
+        c = self.cfg.io_channels + 2
+        if ctx.dim() != 3 or ctx.shape[1] != c or ctx.shape[2] != n:
+            raise PrismAudioError(f"audio context must be [B, {c}, {n}] (latents, visible, keep), got {tuple(ctx.shape)}")
+        return self.ctx_proj(ctx.to(dtype).transpose(1, 2))
 
     def _sync_embedding(self, sync: Tensor | None, dtype: torch.dtype) -> Tensor | None:
         """to_sync_embed(sync), or the official predict.py constant when the quirk is on."""

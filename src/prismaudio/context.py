@@ -1,0 +1,201 @@
+"""Audio-context conditioning (issue 18, ThinkSound §4.2-4.4): existing audio that a generation
+continues, inpaints or edits.
+
+An `AudioContext` says, per sample, where the output must equal the given audio (`keep`) and where
+the model may look at it (`visible`). Inside the network it becomes the condition
+`ctx = concat(latents * visible, visible, keep)` [B, C + 2, N] at latent resolution (see
+`context_condition`); after decoding, `splice` copies the kept samples back with an equal-power
+crossfade at every keep/generate boundary, so the kept audio is sample-exact away from the seams.
+
+Latent frames: frame j covers samples [j * hop, (j + 1) * hop). A frame is `keep` iff ALL its
+samples are keep (it never forces generated audio into a region that must be regenerated) and
+`visible` iff ANY sample is visible (the model sees everything the user showed it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .errors import PrismAudioError
+
+__all__ = [
+    "AudioContext",
+    "ContextLatents",
+    "frame_masks",
+    "context_condition",
+    "splice",
+    "crossfade_gain",
+    "inpaint_context",
+    "extend_context",
+    "edit_context",
+]
+
+
+@dataclass
+class AudioContext:
+    """Existing audio that a generation continues / edits."""
+
+    audio: Tensor  # [2, S] float32 at the model's sample rate, S = the clip's samples
+    keep: Tensor  # [S] bool: True where the output must equal `audio` (copied, sample-exact)
+    # [S] bool: where the model SEES the audio; None = same as keep. inpaint/extend: visible = keep
+    # (the region is hidden); add/remove/refine: visible everywhere, keep outside the region.
+    visible: Tensor | None = None
+    crossfade_s: float = 0.02  # equal-power crossfade at each keep/generate boundary
+
+    @property
+    def visible_mask(self) -> Tensor:
+        return self.keep if self.visible is None else self.visible
+
+    def validate(self, sample_rate: int, num_samples: int, channels: int = 2) -> None:
+        """One-line `PrismAudioError` when the context does not fit a clip of `num_samples` samples
+        at `sample_rate` Hz (the audio is assumed to be at that rate: say so when it is not)."""
+        a = self.audio
+        if not isinstance(a, Tensor) or a.dim() != 2:
+            shape = tuple(a.shape) if isinstance(a, Tensor) else type(a).__name__
+            raise PrismAudioError(f"context audio must be a [channels, samples] tensor, got {shape}")
+        if a.shape[0] != channels:
+            raise PrismAudioError(f"context audio has {a.shape[0]} channel(s), the model makes {channels}")
+        if not a.is_floating_point():
+            raise PrismAudioError(f"context audio must be floating point in [-1, 1], got {a.dtype}")
+        if a.shape[1] != num_samples:
+            raise PrismAudioError(
+                f"context audio has {a.shape[1]} samples ({a.shape[1] / sample_rate:.3f} s at {sample_rate} Hz), "
+                f"the clip has {num_samples} ({num_samples / sample_rate:.3f} s): resample it to {sample_rate} Hz "
+                "and trim or pad it to the clip")
+        if not bool(torch.isfinite(a).all()):
+            raise PrismAudioError("context audio contains NaN or infinite samples")
+        for name, m in (("keep", self.keep), ("visible", self.visible)):
+            if m is None:
+                continue
+            if not isinstance(m, Tensor) or m.dtype != torch.bool or m.shape != (num_samples,):
+                shape = tuple(m.shape) if isinstance(m, Tensor) else type(m).__name__
+                dtype = m.dtype if isinstance(m, Tensor) else ""
+                raise PrismAudioError(f"context {name} mask must be a bool [{num_samples}] tensor, got {dtype} {shape}")
+        if not (math.isfinite(self.crossfade_s) and self.crossfade_s >= 0):
+            raise PrismAudioError(f"context crossfade_s must be a finite number >= 0, got {self.crossfade_s}")
+        if bool(self.keep.all()):
+            raise PrismAudioError("the context keeps every sample: there is nothing to generate")
+
+
+# ------------------------------------------------------------------------------ constructors
+def _region(sample_rate: int, num_samples: int, start_s: float, end_s: float) -> Tensor:
+    if not (math.isfinite(start_s) and math.isfinite(end_s)):
+        raise PrismAudioError(f"region {start_s}:{end_s} is not finite")
+    duration = num_samples / sample_rate
+    if end_s <= start_s:
+        raise PrismAudioError(f"region {start_s:g}:{end_s:g} s is empty")
+    if start_s < 0 or end_s > duration + 1e-9:
+        raise PrismAudioError(f"region {start_s:g}:{end_s:g} s lies outside the clip (0:{duration:g} s)")
+    a, b = round(start_s * sample_rate), min(num_samples, round(end_s * sample_rate))
+    if b <= a:
+        raise PrismAudioError(f"region {start_s:g}:{end_s:g} s holds no sample at {sample_rate} Hz")
+    m = torch.zeros(num_samples, dtype=torch.bool)
+    m[a:b] = True
+    return m
+
+
+def inpaint_context(audio: Tensor, sample_rate: int, start_s: float, end_s: float,
+                    crossfade_s: float = 0.02) -> AudioContext:
+    """Regenerate [start_s, end_s) of `audio` [2, S]; the region is hidden from the model."""
+    keep = ~_region(sample_rate, audio.shape[-1], start_s, end_s)
+    return AudioContext(audio, keep, None, crossfade_s)
+
+
+def extend_context(audio: Tensor, sample_rate: int, num_samples: int, crossfade_s: float = 0.02) -> AudioContext:
+    """Continue `audio` [2, P] to `num_samples` samples: the prefix is kept, the rest generated."""
+    p = audio.shape[-1]
+    if not 0 < p < num_samples:
+        raise PrismAudioError(f"cannot extend {p} samples to {num_samples}: the prefix must be shorter than the clip")
+    full = torch.zeros(audio.shape[0], num_samples, dtype=audio.dtype)
+    full[:, :p] = audio
+    keep = torch.zeros(num_samples, dtype=torch.bool)
+    keep[:p] = True
+    return AudioContext(full, keep, None, crossfade_s)
+
+
+def edit_context(audio: Tensor, sample_rate: int, start_s: float, end_s: float,
+                 crossfade_s: float = 0.02) -> AudioContext:
+    """Add / remove / refine inside [start_s, end_s): the model sees all of `audio`, the outside is kept."""
+    keep = ~_region(sample_rate, audio.shape[-1], start_s, end_s)
+    return AudioContext(audio, keep, torch.ones_like(keep), crossfade_s)
+
+
+# ------------------------------------------------------------------------------ latent resolution
+def frame_masks(keep: Tensor, visible: Tensor, hop: int, num_frames: int) -> tuple[Tensor, Tensor]:
+    """Sample masks [..., S] -> latent-frame masks [..., N] (keep: all samples; visible: any).
+
+    Samples past S (the last frame's padding up to N * hop) count as neither keep nor visible for
+    `visible` and do not prevent `keep`; frames entirely past S are neither."""
+    s = keep.shape[-1]
+    total = num_frames * hop
+    lead = keep.shape[:-1]
+
+    def _pad(m: Tensor, value: bool) -> Tensor:
+        if s >= total:
+            return m[..., :total]
+        return torch.cat([m, torch.full((*lead, total - s), value, dtype=torch.bool, device=m.device)], dim=-1)
+
+    real = _pad(torch.ones_like(keep), False).reshape(*lead, num_frames, hop).any(-1)
+    k = _pad(keep, True).reshape(*lead, num_frames, hop).all(-1) & real
+    v = _pad(visible, False).reshape(*lead, num_frames, hop).any(-1)
+    return k, v
+
+
+def context_condition(latents: Tensor, keep_frames: Tensor, visible_frames: Tensor) -> Tensor:
+    """The DiT's context condition [B, C + 2, N] = concat(latents * visible, visible, keep)."""
+    v = visible_frames.to(latents.dtype).unsqueeze(1)
+    k = keep_frames.to(latents.dtype).unsqueeze(1)
+    return torch.cat([latents * v, v, k], dim=1)
+
+
+# ------------------------------------------------------------------------------ the splice
+def crossfade_gain(keep: Tensor, width: int) -> Tensor:
+    """Per-sample weight w in [0, 1] of the context audio (float32 [S]): 1 on keep samples farther
+    than `width` from any generated sample, 0 on generated samples, and an equal-power ramp
+    sin(pi/2 * d / width) over the `width` keep samples next to a boundary (d = distance in samples
+    to the nearest generated sample, 1..width). The generated audio gets sqrt(1 - w^2)."""
+    s = keep.shape[-1]
+    gen = ~keep
+    if width <= 0 or not bool(gen.any()):
+        return keep.float()
+    idx = torch.arange(s)
+    big = torch.full((s,), s + width + 1, dtype=torch.long)
+    # distance to the nearest generated sample on the left / right (cumulative max / min of indices)
+    last_gen = torch.where(gen, idx, torch.full_like(idx, -(s + width + 1))).cummax(0).values
+    next_gen = torch.where(gen, idx, big + s).flip(0).cummin(0).values.flip(0)
+    dist = torch.minimum(idx - last_gen, next_gen - idx)
+    ramp = torch.sin(0.5 * math.pi * dist.clamp(max=width).float() / width)
+    return torch.where(keep, ramp, torch.zeros(()))
+
+
+def splice(generated: Tensor, ctx: AudioContext, sample_rate: int) -> Tensor:
+    """Generated audio [K, 2, S] with `ctx.audio` copied in where `ctx.keep` (equal-power crossfade
+    within `crossfade_s` of each boundary, on the keep side, so the generated region is untouched)."""
+    width = int(round(ctx.crossfade_s * sample_rate))
+    w = crossfade_gain(ctx.keep.cpu(), width).to(generated.device)
+    g = torch.sqrt((1 - w * w).clamp_min(0))
+    ref = ctx.audio.to(generated.device, generated.dtype)
+    out = generated * g + ref.unsqueeze(0) * w
+    # bit-exact copy where w == 1 (w * ref + 0 * gen is already exact; this also clears -0.0 / NaN paths)
+    full = w == 1
+    return torch.where(full, ref.unsqueeze(0).expand_as(out), out)
+
+
+@dataclass
+class ContextLatents:
+    """An `AudioContext` at latent resolution (what the sampler and the DiT see)."""
+
+    latents: Tensor  # [B, C, N] the context audio's VAE latents (posterior mean / latent_scale)
+    keep: Tensor  # [B, N] bool: frames whose every sample is keep
+    visible: Tensor  # [B, N] bool: frames with any visible sample
+
+    def condition(self) -> Tensor:
+        """[B, C + 2, N] = concat(latents * visible, visible, keep): `ConditionTokens.audio`."""
+        return context_condition(self.latents, self.keep, self.visible)
+
+    def to(self, device: torch.device | str) -> "ContextLatents":
+        return ContextLatents(self.latents.to(device), self.keep.to(device), self.visible.to(device))
