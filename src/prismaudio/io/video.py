@@ -266,75 +266,90 @@ def read_frames_multi(
     """
     if not specs:
         return []
-    if start < 0 or not math.isfinite(start):
-        raise PrismAudioError(f"start time must be >= 0 seconds, got {start}")
-    if duration is not None and not (duration > 0 and math.isfinite(duration)):
-        raise PrismAudioError(f"duration must be a positive number of seconds, got {duration}")
+    _check_window(start, duration)
     with _open(path) as c:
         stream = _video_stream(c, path)
         total = _metadata_duration(c, stream)
         if total is None and (duration is None or start > 0):
             total = _packet_duration(path)
-        if start > 0 and total is not None and start >= total:
-            raise PrismAudioError(f"start time {start:.3f} s is past the end of the video ({total:.3f} s): {path}")
-        if duration is None:
-            duration = total - start
-        reqs = [as_frame_spec(sp) for sp in specs]
-        samplers = [_Sampler(sp, num_samples(sp.fps, duration)) for sp in reqs]
-        sizes = sorted({sp.size for sp in reqs}, key=lambda v: -1 if v is None else v)
-        origin = Fraction(stream.start_time) * Fraction(stream.time_base) if (
-            stream.start_time is not None and stream.time_base is not None) else Fraction(0)
-        offset = origin + Fraction(start).limit_denominator(1_000_000_000)
-        stream_fps = _stream_fps(stream)
+        frames, _ = _decode_window(c, stream, path, [as_frame_spec(sp) for sp in specs], start, duration, total,
+                                   seek=start > 0)
+        return frames
+
+
+def _check_window(start: float, duration: float | None) -> None:
+    if start < 0 or not math.isfinite(start):
+        raise PrismAudioError(f"start time must be >= 0 seconds, got {start}")
+    if duration is not None and not (duration > 0 and math.isfinite(duration)):
+        raise PrismAudioError(f"duration must be a positive number of seconds, got {duration}")
+
+
+def _decode_window(
+    c: av.container.InputContainer, stream: av.video.stream.VideoStream, path: PathLike, reqs: list[FrameSpec],
+    start: float, duration: float | None, total: float | None, seek: bool,
+) -> tuple[list[Tensor], int]:
+    """`read_frames_multi` on an open container: (one tensor per spec, frames decoded). `seek`
+    moves to the keyframe at or before `start` first (needed whenever the container was read before)."""
+    if start > 0 and total is not None and start >= total:
+        raise PrismAudioError(f"start time {start:.3f} s is past the end of the video ({total:.3f} s): {path}")
+    if duration is None:
+        duration = total - start
+    samplers = [_Sampler(sp, num_samples(sp.fps, duration)) for sp in reqs]
+    sizes = sorted({sp.size for sp in reqs}, key=lambda v: -1 if v is None else v)
+    origin = Fraction(stream.start_time) * Fraction(stream.time_base) if (
+        stream.start_time is not None and stream.time_base is not None) else Fraction(0)
+    offset = origin + Fraction(start).limit_denominator(1_000_000_000)
+    stream_fps = _stream_fps(stream)
+    if stream.thread_type != "AUTO" and not stream.codec_context.is_open:
         stream.thread_type = "AUTO"
-        if start > 0 and stream.time_base is not None:
-            try:  # land on the keyframe at or before `start`; earlier frames are skipped below
-                c.seek(int((origin + start) / stream.time_base), stream=stream, backward=True, any_frame=False)
-            except av.FFmpegError:
-                pass  # unseekable input: decode from the beginning instead
-        pending: av.VideoFrame | None = None  # the frame standing now (converted only if needed)
-        cache: tuple[av.VideoFrame | None, dict[int | None, Tensor]] = (None, {})
-        fmt = VideoReformatter()
-        index = 0
-        t_pending = Fraction(0)
-        warned = False
-        try:
-            for frame in c.decode(stream):
-                t_rel = _frame_time(frame, index, stream_fps) - offset
-                index += 1
-                if pending is None:  # the first frame stands in for every earlier output
-                    pending, t_pending = frame, t_rel
-                    continue
-                if any(s.wants(t_rel) for s in samplers):
-                    if cache[0] is not pending:
-                        cache = (pending, _convert(pending, sizes, fmt))
-                    for s in samplers:
-                        s.take_until(t_rel, cache[1][s.spec.size])
+    if seek and stream.time_base is not None:
+        try:  # land on the keyframe at or before `start`; earlier frames are skipped below
+            c.seek(int((origin + start) / stream.time_base), stream=stream, backward=True, any_frame=False)
+        except av.FFmpegError:
+            pass  # unseekable input: decode from the beginning instead
+    pending: av.VideoFrame | None = None  # the frame standing now (converted only if needed)
+    cache: tuple[av.VideoFrame | None, dict[int | None, Tensor]] = (None, {})
+    fmt = VideoReformatter()
+    index = 0
+    t_pending = Fraction(0)
+    warned = False
+    try:
+        for frame in c.decode(stream):
+            t_rel = _frame_time(frame, index, stream_fps) - offset
+            index += 1
+            if pending is None:  # the first frame stands in for every earlier output
                 pending, t_pending = frame, t_rel
-                if all(s.done for s in samplers):
-                    break
-        except (av.FFmpegError, OSError) as e:
-            if index == 0:
-                raise PrismAudioError(f"cannot decode video stream: {path} ({e})") from None
-            warnings.warn(f"video decoding stopped early ({e}); repeating the last good frame: {path}", stacklevel=2)
-            warned = True
-        if pending is None:
-            if index:
-                raise PrismAudioError(f"no video frames at or after {start:.3f} s: {path}")
-            raise PrismAudioError(f"video has no decodable frames (zero-length video): {path}")
-        if not all(s.done for s in samplers):
-            # Threaded decoding swallows a truncated file's errors: the stream just ends early. Its
-            # last frame standing in for the rest is only silent when the file says it ends there.
-            end = float(t_pending + offset - origin) + 1.0 / stream_fps  # where the decoded frames stop
-            stated = _metadata_duration(c, stream)
-            if not warned and stated is not None and end + 1.5 / stream_fps < min(stated, start + duration):
-                warnings.warn(f"the video's frames end at {end:.2f} s but the file says {stated:.2f} s (truncated "
-                              f"or damaged?); repeating its last frame for the rest: {path}", stacklevel=2)
-            if cache[0] is not pending:
-                cache = (pending, _convert(pending, sizes, fmt))
-            for s in samplers:
-                s.fill(cache[1][s.spec.size])
-    return [torch.stack(s.frames) for s in samplers]
+                continue
+            if any(s.wants(t_rel) for s in samplers):
+                if cache[0] is not pending:
+                    cache = (pending, _convert(pending, sizes, fmt))
+                for s in samplers:
+                    s.take_until(t_rel, cache[1][s.spec.size])
+            pending, t_pending = frame, t_rel
+            if all(s.done for s in samplers):
+                break
+    except (av.FFmpegError, OSError) as e:
+        if index == 0:
+            raise PrismAudioError(f"cannot decode video stream: {path} ({e})") from None
+        warnings.warn(f"video decoding stopped early ({e}); repeating the last good frame: {path}", stacklevel=2)
+        warned = True
+    if pending is None:
+        if index:
+            raise PrismAudioError(f"no video frames at or after {start:.3f} s: {path}")
+        raise PrismAudioError(f"video has no decodable frames (zero-length video): {path}")
+    if not all(s.done for s in samplers):
+        # Threaded decoding swallows a truncated file's errors: the stream just ends early. Its
+        # last frame standing in for the rest is only silent when the file says it ends there.
+        end = float(t_pending + offset - origin) + 1.0 / stream_fps  # where the decoded frames stop
+        stated = _metadata_duration(c, stream)
+        if not warned and stated is not None and end + 1.5 / stream_fps < min(stated, start + duration):
+            warnings.warn(f"the video's frames end at {end:.2f} s but the file says {stated:.2f} s (truncated "
+                          f"or damaged?); repeating its last frame for the rest: {path}", stacklevel=2)
+        if cache[0] is not pending:
+            cache = (pending, _convert(pending, sizes, fmt))
+        for s in samplers:
+            s.fill(cache[1][s.spec.size])
+    return [torch.stack(s.frames) for s in samplers], index
 
 
 def read_frames(
@@ -342,6 +357,107 @@ def read_frames(
 ) -> Tensor:
     """[T, 3, size, size] float32 frames in [0, 1] at `fps`; see `read_frames_multi`."""
     return read_frames_multi(path, [(fps, size)], duration=duration, start=start)[0]
+
+
+class FrameWindows:
+    """Streams a long video window by window: `read(start, duration)` returns what
+    `read_frames_multi(path, specs, duration, start)` would, from ONE open container.
+
+    Why: a 10-minute video cannot be decoded into memory at once, and reopening + re-probing the
+    file per window repeats the container scan. Each read seeks to the keyframe at or before its
+    start and decodes only up to the window's end, so memory holds one window's frames and the
+    work per window is the window plus at most one GOP. `frames_decoded` counts decoded frames
+    (all reads), `last_decoded` those of the latest read, so callers can check the bound.
+    """
+
+    def __init__(self, path: PathLike, specs: Sequence[FrameSpec | tuple]):
+        if not specs:
+            raise PrismAudioError("FrameWindows needs at least one frame spec")
+        self.path = path
+        self.specs = [as_frame_spec(sp) for sp in specs]
+        self._c = _open(path)
+        try:
+            self._stream = _video_stream(self._c, path)
+            total = _metadata_duration(self._c, self._stream)
+            self.duration: float = _packet_duration(path) if total is None else total
+        except BaseException:
+            self._c.close()
+            raise
+        self._used = False
+        self.frames_decoded = 0
+        self.last_decoded = 0
+
+    def read(self, start: float, duration: float) -> list[Tensor]:
+        """One tensor per spec for the window [start, start + duration) (see `read_frames_multi`)."""
+        _check_window(start, duration)
+        frames, n = _decode_window(self._c, self._stream, self.path, self.specs, start, duration, self.duration,
+                                   seek=self._used or start > 0)
+        self._used = True
+        self.frames_decoded += n
+        self.last_decoded = n
+        return frames
+
+    def close(self) -> None:
+        self._c.close()
+
+    def __enter__(self) -> "FrameWindows":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write_clip(src: PathLike, out: PathLike, start: float, duration: float) -> Path:
+    """The picture of `src` in [start, start + duration) as a new video file (re-encoded H.264 /
+    MPEG-4 at the stream's rate, no audio), written atomically: for planners that only read files
+    (a VLM planning one window of a long video). The frame standing at `start` opens the clip."""
+    _check_window(start, duration)
+    fmt = _muxer_for(Path(out))
+    encoder = next((e for e in _REENCODERS if e in av.codecs_available), None)
+    if encoder is None:
+        raise PrismAudioError("this FFmpeg has no H.264 / MPEG-4 encoder to cut a clip of the video")
+    with atomic_path(Path(out)) as tmp, _open(src) as c:
+        vin = _video_stream(c, src)
+        fps = Fraction(_stream_fps(vin)).limit_denominator(1001)
+        width = max(2, vin.codec_context.width - vin.codec_context.width % 2)
+        height = max(2, vin.codec_context.height - vin.codec_context.height % 2)
+        origin = _stream_start(vin)
+        if start > 0 and vin.time_base is not None:
+            try:
+                c.seek(int((origin + start) / vin.time_base), stream=vin, backward=True, any_frame=False)
+            except av.FFmpegError:
+                pass
+        with av.open(tmp, mode="w", format=fmt) as dst:
+            vout = dst.add_stream(encoder, rate=fps)
+            vout.width, vout.height, vout.pix_fmt = width, height, "yuv420p"
+            vout.codec_context.time_base = 1 / fps
+            vout.codec_context.thread_count = 1
+            n, standing = 0, None
+            for i, frame in enumerate(c.decode(vin)):
+                t = (float(frame.pts * frame.time_base) - origin) if frame.pts is not None and frame.time_base else i / float(fps)
+                if t <= start + _TIME_EPS:
+                    standing = frame  # the latest frame at or before `start`
+                    continue
+                if t >= start + duration - _TIME_EPS:
+                    break
+                for f in ([standing] if standing is not None else []) + [frame]:
+                    img = f.reformat(width=width, height=height, format="yuv420p")
+                    img.pts, img.time_base = n, vout.codec_context.time_base
+                    n += 1
+                    for pkt in vout.encode(img):
+                        dst.mux(pkt)
+                standing = None
+            if standing is not None:  # the window holds a single frame
+                img = standing.reformat(width=width, height=height, format="yuv420p")
+                img.pts, img.time_base = n, vout.codec_context.time_base
+                n += 1
+                for pkt in vout.encode(img):
+                    dst.mux(pkt)
+            if n == 0:
+                raise PrismAudioError(f"no video frames in {start:.3f}-{start + duration:.3f} s: {src}")
+            for pkt in vout.encode(None):
+                dst.mux(pkt)
+    return Path(out)
 
 
 def _encode_aac(container: av.container.OutputContainer, audio: Tensor, sample_rate: int, start_s: float) -> list:
