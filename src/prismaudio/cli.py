@@ -219,6 +219,8 @@ def place_pipeline(pipe: Any, args: argparse.Namespace) -> Any:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    import json
+
     from .io.audio import save_flac, save_wav
     from .io.files import Staging
     from .io.spectrogram import event_times, save_spectrogram_png
@@ -237,6 +239,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise PrismAudioError(f"--name must be a plain file name (no directories), got {args.name!r}")
     video = Path(args.video)
     info = probe_video(video)  # fail fast on a bad video before loading the model
+    _check_long_args(args, info.duration)
     if args.soundtrack != "new" and not info.has_audio:
         raise PrismAudioError(f"--soundtrack {args.soundtrack}: {video} has no soundtrack of its own")
     name = args.name or video.stem
@@ -245,18 +248,35 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"prismaudio: note: the {video.suffix or 'input'} video track cannot go into an MP4 as it is; "
               f"{name}.mp4 re-encodes it ({encoder})", file=sys.stderr)
     with Staging(args.out) as staging:  # checks --out is writable before any work
-        plan, result = _sample(args, video)
+        plan, result = _sample(args, video, info.duration)
         track, second = soundtrack(args.soundtrack, video, result.audio, result.sample_rate)
+        windows = getattr(result, "windows", None)
+        per_window = windows is not None and len(windows) > 1 and plan is None and any(result.plans)
         try:
             save = save_flac if args.audio_format == "flac" else save_wav
             save(staging.path(f"{name}.{args.audio_format}"), result.audio, result.sample_rate)
             mux_audio(video, track, result.sample_rate, staging.path(f"{name}.mp4"), second=second)
-            events = event_times(plan.temporal) if plan is not None else []
+            if per_window:
+                from .longform import event_times_long
+
+                events = event_times_long(result, event_times)
+            else:
+                events = event_times(plan.temporal) if plan is not None else []
             save_spectrogram_png(staging.path(f"{name}.png"), result.audio, result.sample_rate, title=name,
                                  events=events)
             if plan is not None:  # the plan the audio was conditioned on, readable and editable (--cot @FILE)
                 staging.path(f"{name}.cot.txt").write_text(plan.render("multi") + "\n", encoding="utf-8")
                 staging.path(f"{name}.cot.json").write_text(plan.to_json() + "\n", encoding="utf-8")
+            elif per_window:  # one plan per window: each under its time span; the JSON lists them
+                from .longform import window_plans_json
+
+                rows = window_plans_json(result)
+                text = "\n\n".join(f"# window {r['window']}: {r['start']:.3f}-{r['end']:.3f} s\n"
+                                    + (p.render("multi") if p is not None else str(r["cot"]))
+                                    for r, p in zip(rows, result.plans))
+                staging.path(f"{name}.cot.txt").write_text(text + "\n", encoding="utf-8")
+                staging.path(f"{name}.cot.json").write_text(json.dumps(rows, ensure_ascii=False) + "\n",
+                                                            encoding="utf-8")
             written = staging.publish()
         except OSError as e:  # nothing of it is in --out: the staging folder goes with the exception
             raise PrismAudioError(f"cannot write the outputs into {args.out}: {e.strerror or e}; "
@@ -292,9 +312,26 @@ def soundtrack(mode: str, video: Path, audio: Any, sample_rate: int) -> tuple[An
     return (mixed / peak if peak > 1.0 else mixed), None
 
 
-def _sample(args: argparse.Namespace, video: Path) -> tuple[Any, Any]:
+def _check_long_args(args: argparse.Namespace, video_duration: float) -> None:
+    """`--max-duration` / `--window` / `--overlap` refused in one line before the model loads."""
+    import math
+
+    from .longform import check_long_duration
+
+    for flag, value in (("--max-duration", args.max_duration), ("--window", args.window)):
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            raise PrismAudioError(f"{flag} must be a positive number of seconds, got {value:g}")
+    if args.overlap is not None and not (args.overlap >= 0 and math.isfinite(args.overlap)):
+        raise PrismAudioError(f"--overlap must be >= 0 seconds, got {args.overlap:g}")
+    wanted = args.duration if args.duration is not None else video_duration
+    if wanted > args.max_duration:
+        check_long_duration(wanted, video_duration, args.max_duration)
+
+
+def _sample(args: argparse.Namespace, video: Path, video_duration: float) -> tuple[Any, Any]:
     """Load the model and generate; the API plans the CoT unless --cot gives one (the same
-    behaviour as `PrismAudioPipeline.generate`): (plan or None, GenerationResult)."""
+    behaviour as `PrismAudioPipeline.generate`): (plan or None, GenerationResult). A video longer
+    than the model's trained clip goes to `longform.generate_long` (windows, a bar over them)."""
     import time
 
     from tqdm import tqdm
@@ -308,7 +345,33 @@ def _sample(args: argparse.Namespace, video: Path) -> tuple[Any, Any]:
     say(f"loaded in {time.perf_counter() - t0:.1f} s")
     if args.duration_rule is not None:
         pipe.config.sampling.duration_rule = args.duration_rule
-    bars: list[tqdm] = []
+    from .longform import LongformConfig, generate_long, needs_windows, window_length_s
+
+    total = args.duration if args.duration is not None else pipe.clip_duration(video_duration)
+    if needs_windows(pipe, total, args.window):
+        from .longform import check_long_duration
+
+        check_long_duration(total, video_duration, args.max_duration)
+        print(f"prismaudio: note: {total:.1f} s of sound is longer than the model's "
+              f"{window_length_s(pipe, args.window):g} s clips: generating it in overlapping windows", file=sys.stderr)
+        bars: list[tqdm] = []
+
+        def advance(done: int, n: int) -> None:
+            if not bars:  # created when the windows are known (after the planner and encoders are set up)
+                bars.append(tqdm(total=n, desc="windows", unit="window", disable=args.quiet, leave=False))
+            bars[0].update(done - bars[0].n)
+
+        config = LongformConfig(window_s=args.window, overlap_s=args.overlap, max_duration_s=args.max_duration)
+        try:
+            result = generate_long(
+                pipe, video, cot=given, duration=args.duration, seed=args.seed, steps=args.steps, cfg_scale=args.cfg,
+                progress=advance, config=config, planner=None if args.planner == "none" else args.planner,
+                planner_options=options, caption=args.caption, cot_style=args.cot_style, status=say)
+        finally:
+            for bar in bars:
+                bar.close()
+        return result.plan if given is not None else None, result
+    bars = []
 
     def progress(i: int, total: int) -> None:
         if not bars:  # created at the first step so feature extraction does not skew its rate
@@ -549,7 +612,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, default=24, help="sampling steps (default 24)")
     g.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: model's)")
     g.add_argument("--seed", type=seed_arg, default=0)
-    g.add_argument("--duration", type=float, default=None, help="seconds (default: the video's, max 60)")
+    g.add_argument("--duration", type=float, default=None,
+                   help="seconds (default: the video's); longer than the model's clips -> overlapping windows")
+    g.add_argument("--max-duration", type=float, default=600.0,
+                   help="refuse videos (or --duration) longer than this many seconds (default 600)")
+    g.add_argument("--window", type=float, default=None,
+                   help="window length in seconds for long videos (default: the model's trained clip length)")
+    g.add_argument("--overlap", type=float, default=None,
+                   help="minimum overlap of consecutive windows in seconds (default: a quarter of the window)")
     g.add_argument("--duration-rule", choices=["exact", "whole_seconds"], default=None,
                    help="the video's length as is, or truncated to whole seconds as the official demo.sh "
                         "does (default: the model's, normally exact)")

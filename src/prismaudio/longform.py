@@ -95,7 +95,7 @@ class LongformConfig:
     window_s: float | None = None  # the model's trained duration (`config.duration`)
     overlap_s: float | None = None  # DEFAULT_OVERLAP of the window
     max_duration_s: float = MAX_DURATION_S  # safety cap: longer videos are refused in one line
-    use_context: bool | None = None  # None: audio context when the model has it, else crossfade
+    use_context: bool | None = None  # None: the audio context (always available now); False: crossfade only
     crossfade_s: float = 0.02  # the context's own seam crossfade (`AudioContext.crossfade_s`)
 
 
@@ -109,7 +109,7 @@ class LongGenerationResult:
     windows: list[Window]
     cots: list[str]  # the text each window was conditioned on
     plans: list["CoT | None"]  # each window's four-part plan (None for raw text / no CoT)
-    used_context: bool  # True: seams continued through the audio context, False: crossfaded
+    seams: str  # how windows were joined: `seam_mode` ("audio-context", "replace", "crossfade"), "none" for one
     video: Path | None = None
     frames_decoded: int = 0  # video frames decoded over all windows (the streaming bound)
     samples: Tensor | None = field(default=None, repr=False)
@@ -129,16 +129,19 @@ class LongGenerationResult:
 
 
 def context_available(pipe: "PrismAudioPipeline") -> bool:
-    """Whether the model takes an audio context (the network has the projection and the sampler the argument)."""
+    """Whether the pipeline's sampler takes an audio context (`prismaudio.context`)."""
     import inspect
 
-    if not getattr(pipe.config.dit, "audio_context", False):
-        return False
-    try:
-        from . import context  # noqa: F401
-    except ImportError:
-        return False
     return "context" in inspect.signature(pipe.sample_latents).parameters
+
+
+def seam_mode(pipe: "PrismAudioPipeline", use_context: bool) -> str:
+    """How windows join: "audio-context" (the DiT is conditioned on the previous tail and the kept
+    frames follow it), "replace" (a network without `audio_context`: the kept latent frames are
+    imposed at every step, RePaint-style, `sampling.replace_known`) or "crossfade"."""
+    if not use_context:
+        return "crossfade"
+    return "audio-context" if getattr(pipe.config.dit, "audio_context", False) else "replace"
 
 
 def window_length_s(pipe: "PrismAudioPipeline", window_s: float | None = None) -> float:
@@ -293,11 +296,11 @@ def generate_long(
                           status=status)
         if progress is not None:
             progress(1, 1)
-        return LongGenerationResult(r.audio, r.sample_rate, r.duration, windows, [r.cot], [r.plan], False, video)
+        return LongGenerationResult(r.audio, r.sample_rate, r.duration, windows, [r.cot], [r.plan], "none", video)
     use_context = context_available(pipe) if cfg.use_context is None else bool(cfg.use_context)
     if use_context and not context_available(pipe):
-        raise PrismAudioError("this model has no audio-context conditioning (DiTConfig.audio_context); "
-                              "its windows can only be crossfaded")
+        raise PrismAudioError("this pipeline's sampler takes no audio context; its windows can only be crossfaded")
+    seams = seam_mode(pipe, use_context)
     pipe._require_encoders()
     planning = _WindowPlanner(pipe, video, cot, planner, planner_options, caption, cot_style, info)
     specs = [pipe.video_encoder.frame_spec(), pipe.sync_encoder.frame_spec()]
@@ -308,11 +311,13 @@ def generate_long(
         except PrismAudioError as e:
             raise PrismAudioError(f"{video}: a {window_dur:g} s window: {e}") from None
     say(f"{total_s:.1f} s in {len(windows)} windows of {window_s:g} s (overlap >= {overlap_s:g} s, "
-        f"{'audio context' if use_context else 'crossfade'} at the seams)")
+        f"{seams} at the seams)")
     track = torch.zeros(2, total, dtype=torch.float32)
     cots: list[str] = []
     plans: list[CoT | None] = []
     warned: set[str] = set()
+    if progress is not None:
+        progress(0, len(windows))
     with FrameWindows(video, specs + planning.frame_specs()) as frames:
         for w in windows:
             start_s, dur_s = w.start / sr, w.length / sr
@@ -336,7 +341,7 @@ def generate_long(
                 progress(w.index + 1, len(windows))
         decoded_total = frames.frames_decoded
     planning.warn_domain(len(windows))
-    return LongGenerationResult(track, sr, total / sr, windows, cots, plans, use_context, video, decoded_total)
+    return LongGenerationResult(track, sr, total / sr, windows, cots, plans, seams, video, decoded_total)
 
 
 def _window_context(track: Tensor, w: Window, crossfade_s: float) -> Any:
@@ -366,7 +371,6 @@ def _window_audio(pipe: "PrismAudioPipeline", frames_v: Tensor, frames_s: Tensor
     if ctx is not None:
         from .context import splice
 
-        ctx.validate(pipe.config.sample_rate, audio.shape[-1])
         audio = splice(audio, ctx, pipe.config.sample_rate)
     return audio[0]
 
