@@ -66,6 +66,18 @@ class VAEConfig:
     use_snake: bool = True
     final_tanh: bool = False
     latent_scale: float = 1.0  # encode returns z / scale, decode multiplies by scale (official: 1)
+    # Parametric stereo (`model/stereo.py`; 0 = off, the official layout): the learned codec sees only the
+    # mid signal and `stereo_bands` ILDs + one ITD per latent frame ride along as extra latent channels.
+    stereo_bands: int = 0
+    stereo_n_fft: int = 1024
+    stereo_hop: int = 256
+    stereo_max_itd: float = 16.0  # samples (1 ms at 16 kHz): the ITD search range and the latent scale
+    stereo_lowest_band: float = 0.025  # lowest band centre as a fraction of Nyquist (200 Hz at 16 kHz)
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the latents the DiT sees: the codec's `latent_dim` + the spatial parameters."""
+        return self.latent_dim + (self.stereo_bands + 1 if self.stereo_bands > 0 else 0)
 
     @property
     def downsampling_ratio(self) -> int:
@@ -91,6 +103,9 @@ class EncodersConfig:
 
 
 DURATION_RULES = ("exact", "whole_seconds")
+# The safety cap of windowed generation (`prismaudio.longform`, `generate --max-duration`): one
+# pass is limited by `ModelConfig.max_duration`, a video in windows of the trained length by this.
+MAX_LONG_DURATION = 600.0
 
 
 @dataclass
@@ -257,6 +272,15 @@ def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
     if cfg.sampling.duration_rule not in DURATION_RULES:
         raise PrismAudioError(f"config.sampling.duration_rule must be one of {', '.join(DURATION_RULES)}, "
                               f"got {cfg.sampling.duration_rule!r}")
+    v = cfg.vae
+    if v.stereo_bands < 0 or (v.stereo_bands and (v.audio_channels != 2 or v.stereo_max_itd <= 0
+                                                  or v.downsampling_ratio % v.stereo_hop)):
+        raise PrismAudioError("config.vae: parametric stereo needs stereo_bands >= 1, audio_channels 2, "
+                              "stereo_max_itd > 0 and a stereo_hop that divides the downsampling ratio")
+    if cfg.dit.io_channels != v.latent_channels:
+        raise PrismAudioError(f"config: dit.io_channels {cfg.dit.io_channels} != the VAE's latent channels "
+                              f"{v.latent_channels} (latent_dim {v.latent_dim}"
+                              + (f" + {v.stereo_bands + 1} spatial)" if v.stereo_bands else ")"))
     return cfg
 
 

@@ -5,7 +5,8 @@ tree mirrors the official one (`encoder.layers.*`, `decoder.layers.*`, legacy we
 `weight_g` / `weight_v` parameters), so an official `pretransform.model.*` state dict loads after
 nothing more than stripping that prefix.
 
-Shapes: audio [B, audio_channels, S] <-> latents [B, latent_dim, N] with S = N * downsampling_ratio.
+Shapes: audio [B, audio_channels, S] <-> latents [B, latent_channels, N] with S = N * downsampling_ratio
+(latent_channels = latent_dim, plus `stereo_bands + 1` spatial channels with parametric stereo, `model/stereo.py`).
 
 CPU speed (all exact rewrites, checked against a plain functional forward in tests/test_vae.py):
 weight-normed kernels are cached while no gradient can reach them; dilated convs run as undilated
@@ -15,6 +16,7 @@ without autograd, activations reuse dead buffers in place.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -24,6 +26,7 @@ from torch import Tensor, nn
 
 from ..config import VAEConfig
 from ..errors import PrismAudioError
+from .stereo import ParametricStereo
 
 __all__ = ["OobleckVAE", "SnakeBeta", "WNConv1d", "WNConvTranspose1d", "vae_config_from_official"]
 
@@ -308,8 +311,17 @@ class OobleckVAE(nn.Module):
             # k = 2s, p = ceil(s/2) only inverts lengths exactly (L/s down, L·s up) for even s.
             raise PrismAudioError(f"VAE strides must be even for exact length inversion, got {cfg.strides}")
         self.cfg = cfg
-        self.encoder = OobleckEncoder(cfg)
-        self.decoder = OobleckDecoder(cfg)
+        self.stereo: ParametricStereo | None = None
+        core = cfg
+        if cfg.stereo_bands > 0:
+            # parametric stereo: the learned codec is mono (the mid); space rides in extra latent channels
+            if cfg.audio_channels != 2:
+                raise PrismAudioError(f"parametric stereo needs audio_channels 2, got {cfg.audio_channels}")
+            core = dataclasses.replace(cfg, audio_channels=1)
+            self.stereo = ParametricStereo(cfg.stereo_bands, cfg.downsampling_ratio, cfg.stereo_n_fft,
+                                           cfg.stereo_hop, cfg.stereo_max_itd, cfg.stereo_lowest_band)
+        self.encoder = OobleckEncoder(core)
+        self.decoder = OobleckDecoder(core)
 
     @property
     def downsampling_ratio(self) -> int:
@@ -326,10 +338,17 @@ class OobleckVAE(nn.Module):
         return F.pad(audio, (0, extra)) if extra else audio
 
     def encode_moments(self, audio: Tensor) -> tuple[Tensor, Tensor]:
-        """(mean, std) of q(z | audio), each [B, latent_dim, N], std = softplus(scale) + 1e-4
-        (unscaled bottleneck space; `encode` divides by `latent_scale`)."""
-        mean, scale = self.encoder(self._pad(audio)).chunk(2, dim=1)
-        return mean, F.softplus(scale) + 1e-4
+        """(mean, std) of q(z | audio), each [B, latent_channels, N], std = softplus(scale) + 1e-4
+        (unscaled bottleneck space; `encode` divides by `latent_scale`). With parametric stereo the
+        last `stereo_bands + 1` channels are the measured spatial parameters (std 1e-4: deterministic)."""
+        x = self._pad(audio)
+        if self.stereo is None:
+            mean, scale = self.encoder(x).chunk(2, dim=1)
+            return mean, F.softplus(scale) + 1e-4
+        mid, params = self.stereo.analyse(x)
+        mean, scale = self.encoder(mid).chunk(2, dim=1)
+        params = params.to(mean)
+        return torch.cat([mean, params], 1), torch.cat([F.softplus(scale) + 1e-4, torch.full_like(params, 1e-4)], 1)
 
     def encode(self, audio: Tensor, sample: bool = True, generator: torch.Generator | None = None,
                noise: Tensor | None = None) -> Tensor:
@@ -351,11 +370,16 @@ class OobleckVAE(nn.Module):
         return z / self.cfg.latent_scale if self.cfg.latent_scale != 1.0 else z
 
     def decode(self, latents: Tensor) -> Tensor:
-        """latents [B, latent_dim, N] -> audio [B, A, N · ratio] (latents multiplied by latent_scale first)."""
-        if latents.dim() != 3 or latents.shape[1] != self.cfg.latent_dim:
-            raise PrismAudioError(f"VAE expects latents [B, {self.cfg.latent_dim}, N], got {tuple(latents.shape)}")
+        """latents [B, latent_channels, N] -> audio [B, A, N · ratio] (latents multiplied by latent_scale first)."""
+        c = self.cfg.latent_channels
+        if latents.dim() != 3 or latents.shape[1] != c:
+            raise PrismAudioError(f"VAE expects latents [B, {c}, N], got {tuple(latents.shape)}")
         scale = self.cfg.latent_scale
-        return self.decoder(latents * scale if scale != 1.0 else latents)
+        z = latents * scale if scale != 1.0 else latents
+        if self.stereo is None:
+            return self.decoder(z)
+        d = self.cfg.latent_dim
+        return self.stereo.synthesise(self.decoder(z[:, :d].contiguous()), z[:, d:])
 
     def forward(self, audio: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Reconstruction: decode(encode(audio)), trimmed to the input length."""

@@ -163,7 +163,8 @@ class VAETrainModel(nn.Module):
         c = self.cfg
         stft = multi_resolution_stft_loss(recon, x, c.stft_sizes)
         l1 = (recon - x).abs().mean()
-        kl = kl_to_standard_normal(mean, std)
+        d = self.vae.cfg.latent_dim  # the KL is on the learned channels (parametric stereo's are measured)
+        kl = kl_to_standard_normal(mean[:, :d], std[:, :d])
         loss = c.stft_weight * stft + c.l1_weight * l1 + c.kl_weight * kl
         logs = {"stft": stft.detach(), "l1": l1.detach(), "kl": kl.detach()}
         if c.stereo_weight > 0 and x.shape[1] == 2:
