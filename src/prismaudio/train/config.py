@@ -45,6 +45,29 @@ class VAELossConfig:
     disc_channels: int = 16
 
 
+CONTEXT_TASKS = ("inpaint", "extend", "add", "remove")
+
+
+@dataclass
+class ContextTrainConfig:
+    """Audio-context conditioning (issue 18), a block of the foundation / cot stages.
+
+    With `enabled`, the DiT gets its zero-initialised context projection (a model trained without
+    context starts unchanged) and every item draws one task: none (the context dropped, with
+    probability `context_dropout`: its own CFG dropout, independent of the three condition masks),
+    else inpaint / extend / add / remove with the relative `weights`. add / remove pairs are the
+    corpus clip re-rendered without one source (`procedural/synth/pairs.py`), so they need a
+    procedural corpus made with `corpus_seed`; clips without such pairs draw inpaint instead.
+    """
+
+    enabled: bool = False
+    context_dropout: float = 0.2
+    weights: dict[str, float] = field(default_factory=lambda: {"inpaint": 1.0, "extend": 1.0, "add": 1.0, "remove": 1.0})
+    region_s: list[float] = field(default_factory=lambda: [0.25, 1.5])  # inpaint: hidden region length range
+    prefix: list[float] = field(default_factory=lambda: [0.2, 0.8])  # extend: kept prefix, fraction of the clip
+    corpus_seed: int = 0  # `prismaudio synth --seed` of the corpus (to re-render it without a source)
+
+
 @dataclass
 class TrainConfig:
     """Everything one `prismaudio train` run needs; saved inside every checkpoint."""
@@ -69,6 +92,7 @@ class TrainConfig:
     cot_variant: str = "multi"  # stage "cot": none | random | monolithic | multi
     modality_dropout: float = 0.1  # per-modality condition dropout (CFG training)
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16"
+    context: ContextTrainConfig = field(default_factory=ContextTrainConfig)  # audio-context tasks (issue 18)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -98,6 +122,17 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check(0.0 <= cfg.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
     _check(0.0 <= cfg.modality_dropout < 1.0, f"modality_dropout must be in [0, 1), got {cfg.modality_dropout}")
     validate_optim(cfg.optim, _check)
+    c = cfg.context
+    if c.enabled:
+        _check(cfg.stage in ("foundation", "cot"), f"context training is a block of the foundation / cot stages, not {cfg.stage!r}")
+        _check(not cfg.data.features, "context training re-renders and encodes audio: train it from data.manifest")
+    _check(0.0 <= c.context_dropout < 1.0, f"context.context_dropout must be in [0, 1), got {c.context_dropout}")
+    unknown = sorted(set(c.weights) - set(CONTEXT_TASKS))
+    _check(not unknown, f"context.weights: unknown task(s) {', '.join(unknown)} (choose from {', '.join(CONTEXT_TASKS)})")
+    _check(all(w >= 0 for w in c.weights.values()) and sum(c.weights.values()) > 0,
+           "context.weights must be >= 0 with a positive sum")
+    _check(len(c.region_s) == 2 and 0 < c.region_s[0] <= c.region_s[1], "context.region_s must be [min, max] seconds, 0 < min <= max")
+    _check(len(c.prefix) == 2 and 0 < c.prefix[0] <= c.prefix[1] < 1, "context.prefix must be [min, max] fractions, 0 < min <= max < 1")
     v = cfg.vae
     _check(v.crop_seconds > 0, "vae.crop_seconds must be > 0")
     _check(bool(v.stft_sizes) and all(n >= 16 for n in v.stft_sizes), "vae.stft_sizes must be FFT sizes >= 16")

@@ -15,10 +15,11 @@ checking that every file was made with this model's encoders and VAE and with th
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -91,13 +92,56 @@ class FlowClips(Dataset):
     text_strings: list[str]
     ids: list[str]
     duration: float
+    pairs: "EditPairs | None" = None  # add / remove pairs of the audio-context tasks (issue 18)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
-        return {"video": self.video[i], "sync": self.sync[i], "latent": self.latent[i],
+        item = {"video": self.video[i], "sync": self.sync[i], "latent": self.latent[i],
                 "text": self.texts[int(self.text_index[i])]}
+        if self.pairs is not None:
+            item.update(self.pairs.item(i, self.texts))
+        return item
+
+
+@dataclass
+class EditPairs:
+    """Per clip, its mixes without one source (latents) for the add / remove context tasks.
+
+    Pair p belongs to clip `clip[p]`: `latent[p]` is that clip without source `source[p]`,
+    audible over latent frames [region[p, 0], region[p, 1]), and `text_index[p]` is the text of
+    that mix (the CoT written for the scene without the source: the remove task's target).
+    """
+
+    latent: Tensor  # float32 [P, C, N]
+    clip: Tensor  # long [P]
+    source: Tensor  # long [P]
+    region: Tensor  # long [P, 2] latent frames
+    text_index: Tensor  # long [P] -> FlowClips.texts
+    max_pairs: int  # K: the most pairs of one clip (items are padded to it)
+    by_clip: list[list[int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.by_clip:
+            self.by_clip = [[] for _ in range(int(self.clip.max()) + 1 if len(self.clip) else 0)]
+            for p, c in enumerate(self.clip.tolist()):
+                self.by_clip[c].append(p)
+
+    def item(self, i: int, texts: list[Tensor]) -> dict[str, Tensor]:
+        """{"pair_latent" [K, C, N], "pair_region" [K, 2], "pair_count" [], "pair_text" [K, L, Dt]}."""
+        ps = self.by_clip[i] if i < len(self.by_clip) else []
+        k = max(1, self.max_pairs)
+        c, n = self.latent.shape[1:]
+        lat = torch.zeros(k, c, n)
+        reg = torch.zeros(k, 2, dtype=torch.long)
+        feats = [texts[int(self.text_index[p])] for p in ps]
+        dt = texts[0].shape[-1]
+        text = torch.zeros(k, max([f.shape[0] for f in feats] + [1]), dt)
+        for j, p in enumerate(ps):
+            lat[j], reg[j] = self.latent[p], self.region[p]
+            text[j, : feats[j].shape[0]] = feats[j]
+        return {"pair_latent": lat, "pair_region": reg, "pair_count": torch.tensor(len(ps)), "pair_text": text}
 
 
 def collate_flow(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
@@ -108,6 +152,14 @@ def collate_flow(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         padded[i, : t.shape[0]] = t
     out = {k: torch.stack([it[k] for it in items]) for k in ("video", "sync", "latent")}
     out["text"] = padded
+    if "pair_latent" in items[0]:
+        for k in ("pair_latent", "pair_region", "pair_count"):
+            out[k] = torch.stack([it[k] for it in items])
+        pt = [it["pair_text"] for it in items]
+        text = pt[0].new_zeros(len(pt), pt[0].shape[0], max(t.shape[1] for t in pt), pt[0].shape[-1])
+        for i, t in enumerate(pt):
+            text[i, :, : t.shape[1]] = t
+        out["pair_text"] = text
     return out
 
 
@@ -145,12 +197,14 @@ def build_audio_clips(rows: Sequence[ManifestRow], sample_rate: int, duration: f
 
 @torch.no_grad()
 def build_flow_clips(pipe: Any, rows: Sequence[ManifestRow], cfg: DataConfig, stage: str, variant: str,
-                     log: Log) -> FlowClips:
+                     log: Log, pairs_seed: int | None = None) -> FlowClips:
     """Decode, encode (frozen VAE, frozen text encoder) and keep everything in memory.
 
     The cache holds only what is expensive and text-independent (frames, latents), so the
     foundation stage, every CoT variant and GRPO share one decode of the corpus; the text
-    features (a few seconds of MiniLM) are recomputed per run.
+    features (a few seconds of MiniLM) are recomputed per run. With `pairs_seed` (the corpus's
+    synth seed; the audio-context stage) the add / remove pairs are built too (`build_edit_pairs`),
+    cached beside it under the same key.
     """
     c = pipe.config
     duration = float(cfg.duration if cfg.duration is not None else c.duration)
@@ -180,14 +234,125 @@ def build_flow_clips(pipe: Any, rows: Sequence[ManifestRow], cfg: DataConfig, st
     if len(keep) < len(ids):
         sel = torch.tensor(keep)
         video, sync, latent, ids = video[sel], sync[sel], latent[sel], [ids[i] for i in keep]
-    unique = sorted(set(strings))
+    pair_parts = None
+    if pairs_seed is not None:
+        pair_cache = cache.with_name(f"pairs-s{pairs_seed}-{cache.name[len('flow-'):]}") if cache is not None else None
+        pair_parts = build_edit_pairs(pipe, [by_id[i] for i in ids], duration, cfg.seed, pairs_seed, pair_cache, log)
+        pair_texts = []
+        for p_clip, p_src in zip(pair_parts[1].tolist(), pair_parts[2].tolist()):
+            pair_texts.append(render_text(_row_without(by_id[ids[p_clip]], p_src, pairs_seed), stage, variant, cfg.seed))
+        strings_all = strings + pair_texts
+    else:
+        strings_all = strings
+    unique = sorted(set(strings_all))
     feats = []
     for start in range(0, len(unique), 32):
         hidden, lengths = pipe.text_encoder.encode_text(unique[start : start + 32])
         feats += [h[: int(n)].float().clone() for h, n in zip(hidden, lengths)]
     position = {s: i for i, s in enumerate(unique)}
     index = torch.tensor([position[s] for s in strings], dtype=torch.long)
-    return FlowClips(video, sync, latent, index, feats, unique, ids, duration)
+    pairs = None
+    if pair_parts is not None:
+        lat, clip, src, region = pair_parts
+        counts = torch.bincount(clip, minlength=len(ids)) if len(clip) else torch.zeros(len(ids), dtype=torch.long)
+        pairs = EditPairs(lat, clip, src, region, torch.tensor([position[s] for s in pair_texts], dtype=torch.long),
+                          int(counts.max()) if len(clip) else 0)
+    return FlowClips(video, sync, latent, index, feats, unique, ids, duration, pairs)
+
+
+# ------------------------------------------------------------------------------ edit pairs (issue 18)
+PAIRS_FORMAT = "prismaudio-edit-pairs-1"
+Pairs = tuple[Tensor, Tensor, Tensor, Tensor]  # latent [P, C, N], clip [P], source [P], region [P, 2]
+
+
+def _row_without(row: ManifestRow, source: int, corpus_seed: int) -> ManifestRow:
+    """The row of a clip's scene without source `source`: its caption and CoT rewritten by the
+    corpus's own writer on the clip's text RNG (the remove task's target text)."""
+    from ..procedural.synth.cot import write_cot
+    from ..procedural.synth.pairs import clip_index
+    from ..procedural.synth.scene import clip_rngs
+
+    assert row.scene is not None
+    scene = dict(row.scene)
+    scene["sources"] = [s for j, s in enumerate(row.scene["sources"]) if j != source]
+    cap, cot, mono = write_cot(scene, clip_rngs(corpus_seed, clip_index(row.id))[2])
+    return dataclasses.replace(row, caption=cap, cot=cot, cot_monolithic=mono)
+
+
+@torch.no_grad()
+def build_edit_pairs(pipe: Any, rows: Sequence[ManifestRow], duration: float, data_seed: int, corpus_seed: int,
+                     cache: Path | None, log: Log) -> Pairs:
+    """For every clip of a procedural corpus with two or more sources, each source left out
+    (`procedural.synth.pairs.render_pairs`), encoded by the frozen VAE with the clip's own latent
+    noise (so target and context latents differ only through the source). Clips that cannot be
+    re-rendered (no scene graph, another sample rate, or a WAV that the re-render does not match:
+    a corpus of another seed) are reported and get no pairs."""
+    if cache is not None and cache.is_file():
+        got = _read_pairs(cache)
+        if got is not None:
+            log(f"loaded {len(got[1])} edit pairs from the data cache {cache}")
+            return got
+    from ..io.audio import load_audio
+    from ..procedural.synth.pairs import clip_index, render_pairs
+
+    c = pipe.config
+    n_lat = c.latent_length(duration)
+    ratio = pipe.vae.downsampling_ratio
+    lat, clip, src, region = [], [], [], []
+    skipped: list[str] = []
+    for i, row in enumerate(rows):
+        scene = row.scene
+        if not scene or len(scene.get("sources", [])) < 2 or row.audio is None:
+            continue
+        try:
+            if int(scene["sample_rate"]) != c.sample_rate:
+                raise PrismAudioError(f"its sample rate {scene['sample_rate']} Hz is not the model's {c.sample_rate} Hz")
+            full, pairs = render_pairs(scene, corpus_seed, clip_index(row.id))
+            wav, _ = load_audio(row.audio, None, full.shape[0])
+            if wav.shape[-1] != full.shape[-1] or float((wav - torch.from_numpy(full)).abs().max()) > 1.5 / 32767:
+                raise PrismAudioError(f"its WAV is not the scene rendered with corpus seed {corpus_seed}")
+        except (PrismAudioError, KeyError, TypeError, ValueError) as e:
+            skipped.append(f"{row.id}: {e}")
+            continue
+        audio = torch.stack([fit_length(torch.from_numpy(p.audio), n_lat * ratio) for p in pairs])
+        mean, std = pipe.vae.encode_moments(audio.to(next(pipe.vae.parameters()).device))
+        gen = torch.Generator().manual_seed(clip_seed(data_seed, row.id))
+        eps = torch.randn(mean[0].shape, generator=gen)  # the clip's own latent noise (`_decode_clips`)
+        z = (mean.cpu() + std.cpu() * eps) / c.vae.latent_scale
+        for p, zk in zip(pairs, z):
+            a, b = p.region
+            lat.append(zk.contiguous())
+            clip.append(i)
+            src.append(p.index)
+            region.append([min(n_lat, a // ratio), min(n_lat, -(-b // ratio))])
+    if skipped:
+        log(f"no add/remove pairs for {len(skipped)} clip(s), e.g. {skipped[0]}")
+    if lat:
+        out: Pairs = (torch.stack(lat), torch.tensor(clip), torch.tensor(src), torch.tensor(region, dtype=torch.long))
+    else:
+        out = (torch.zeros(0, c.dit.io_channels, n_lat), torch.zeros(0, dtype=torch.long),
+               torch.zeros(0, dtype=torch.long), torch.zeros(0, 2, dtype=torch.long))
+    log(f"edit pairs: {len(out[1])} mixes without one source from {len(set(clip))} clip(s)")
+    if cache is not None:
+        tensors = dict(zip(("latent", "clip", "source", "region"), out))
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(cache) as tmp:
+                save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata={"format": PAIRS_FORMAT})
+        except (OSError, PrismAudioError) as e:
+            log(f"warning: could not write the data cache {cache}: {e}")
+    return out
+
+
+def _read_pairs(path: Path) -> Pairs | None:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if (f.metadata() or {}).get("format") != PAIRS_FORMAT:
+                return None
+            t = {k: f.get_tensor(k).clone() for k in ("latent", "clip", "source", "region")}
+        return t["latent"], t["clip"], t["source"], t["region"]
+    except (SafetensorError, OSError, KeyError, ValueError, RuntimeError):
+        return None
 
 
 Decoded = tuple[Tensor, Tensor, Tensor, list[str]]  # video uint8, sync uint8, latent, ids

@@ -57,6 +57,10 @@ class Trainer:
                                    mixed_precision=cfg.mixed_precision, trackers=True)
         self.acc, self.main, self.log, self.generator = h.acc, h.main, h.log, h.generator
         self.pipe = build_pipeline(cfg.model, cfg.seed)
+        if cfg.context.enabled:  # before the resume check: the run's model config has the context projection
+            from .flow_stage import enable_context
+
+            enable_context(self.pipe, cfg, self.log)
         h.check_resume(self.pipe.config.to_dict(), cfg.stage)  # before decoding any data
         with self.acc.main_process_first():  # rank 0 decodes and fills the data cache; the others read it
             self.stage = _build_stage(cfg, self.pipe, h.data_log())
