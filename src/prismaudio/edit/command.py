@@ -10,6 +10,7 @@ where it can be, and nothing is written.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io.files import Staging, check_input_file
     from ..io.video import mux_audio, probe_video, video_track_plan
     from .instruction import default_vocabulary, parse_instruction
-    from .ops import edit, plan_edit
+    from .ops import ClipInfo, clip_info, edit, load_existing_audio, plan_edit
     from .roi import Box, check_box, check_click, parse_object, parse_region
 
     _check_args(args)
@@ -116,14 +117,25 @@ def run(args: argparse.Namespace) -> int:
         from .segmenter import build_segmenter
 
         segmenter = build_segmenter(args.segmenter, video, args.manifest)
+    # every check before the model loads, on the video's own length and the WAV's own rate
+    seen = ClipInfo(info.duration, info.fps, info.width, info.height)
+    plan = plan_edit(seen, None, video, args.audio, args.op, region, obj, args.instruction, cot, segmenter,
+                     args.object_time, vocab)
     name = args.name or video.stem
     encoder = video_track_plan(video, Path(args.out) / f"{name}.mp4")
     say = status_printer(args.quiet)
     with Staging(args.out) as staging:  # --out is writable, before the model loads
         say(f"loading the model ({args.model or 'the default'}) ...")
         pipe = load_pipeline(args.model)
-        plan = plan_edit(pipe, video, args.audio, args.op, region, obj, args.instruction, cot, segmenter,
-                         args.object_time, vocab)
+        clip = clip_info(pipe, video)
+        if clip != seen:  # the model's duration rule shortens the clip: check again on its length
+            first = plan
+            plan = plan_edit(clip, pipe.config.sample_rate, video, args.audio, plan.op, region, plan.box,
+                             args.instruction, cot, None, args.object_time, vocab)
+            plan = dataclasses.replace(plan, instruction=first.instruction)  # a clicked scene object's class
+        else:  # the same checks hold: only bring the audio to the model's rate
+            wav, notes, _ = load_existing_audio(args.audio, clip, pipe.config.sample_rate, plan.op)
+            plan = dataclasses.replace(plan, audio=wav, notes=tuple(notes))
         for note in plan.notes:
             print(f"prismaudio: warning: {note}", file=sys.stderr)
         if encoder is not None:

@@ -17,7 +17,7 @@ refine     everywhere                 nothing (the output is      existing + the
 
 Refine encodes the video features on the ROI crop (the box, or the mask box of a click) and
 conditions on a CoT about that object; the generated stem is mixed into the existing track inside
-the region (equal-power fades at the region's edges), scaled down only where the sum would clip.
+the region (sine fades at the region's edges), the stem turned down only if the sum would clip.
 """
 
 from __future__ import annotations
@@ -113,12 +113,15 @@ def conform_audio(audio: Tensor, rate: int, clip: ClipInfo, model_rate: int, op:
     return audio, notes
 
 
-def load_existing_audio(path: str | os.PathLike, clip: ClipInfo, model_rate: int, op: str) -> tuple[Tensor, list[str]]:
-    """A WAV (or any file `io.audio.load_audio` reads) conformed to the clip (`conform_audio`)."""
+def load_existing_audio(path: str | os.PathLike, clip: ClipInfo, model_rate: int | None,
+                        op: str) -> tuple[Tensor, list[str], int]:
+    """A WAV (or any file `io.audio.load_audio` reads) conformed to the clip (`conform_audio`), and
+    its rate: `model_rate`, or the file's own when None."""
     from ..io.audio import load_audio
 
     audio, rate = load_audio(path, sample_rate=None, channels=None)
-    return conform_audio(audio, rate, clip, model_rate, op)
+    out_rate = model_rate or rate
+    return (*conform_audio(audio, rate, clip, out_rate, op), out_rate)
 
 
 # ------------------------------------------------------------------------------------ the request
@@ -142,7 +145,8 @@ def default_region(op: str, audio_seconds: float, clip: ClipInfo) -> Region:
 
 
 def plan_edit(
-    pipe: "PrismAudioPipeline",
+    clip: ClipInfo,
+    model_rate: int | None,
     video: str | os.PathLike,
     audio: str | os.PathLike | Tensor,
     op: str | None,
@@ -155,8 +159,9 @@ def plan_edit(
     vocabulary: Vocabulary | None = None,
     audio_rate: int | None = None,
 ) -> EditPlan:
-    """Every check of an edit, in the order that fails fastest; no model is run here (the SAM
-    segmenter, when a click needs one, is)."""
+    """Every check of an edit for a clip `clip` (`clip_info`) and a model at `model_rate` Hz (None:
+    keep the audio's own rate, to check an edit before the model is loaded), in the order that
+    fails fastest. No generation happens here (the SAM segmenter, when a click needs one, runs)."""
     if op is not None and op not in OPS:
         raise PrismAudioError(f"unknown --op {op!r} (choose from {', '.join(OPS)})")
     parsed = None
@@ -167,13 +172,15 @@ def plan_edit(
         raise PrismAudioError(f"give --op ({', '.join(OPS)}) or an --instruction that names one")
     if op in ("add", "remove") and parsed is None and cot is None:
         raise PrismAudioError(f"--op {op} needs --instruction TEXT (what to {op}) or --cot @FILE (the target's CoT)")
-    clip = clip_info(pipe, video)
     if isinstance(audio, Tensor):
-        wav, notes = conform_audio(audio, audio_rate or pipe.config.sample_rate, clip, pipe.config.sample_rate, op,
-                                   what="audio")
+        rate = audio_rate or model_rate
+        if rate is None:
+            raise PrismAudioError("an audio tensor needs its sample rate (audio_rate)")
+        wav, notes = conform_audio(audio, rate, clip, model_rate or rate, op, what="audio")
+        out_rate = model_rate or rate
     else:
-        wav, notes = load_existing_audio(audio, clip, pipe.config.sample_rate, op)
-    audio_s = wav.shape[-1] / pipe.config.sample_rate
+        wav, notes, out_rate = load_existing_audio(audio, clip, model_rate, op)
+    audio_s = wav.shape[-1] / out_rate
     if region is None:
         reg = default_region(op, audio_s, clip)
         if reg.length <= 0:
@@ -255,10 +262,20 @@ def region_gain(num_samples: int, region: Region, sample_rate: int, fade_s: floa
 
 
 def mix_in(existing: Tensor, stem: Tensor, gain: Tensor) -> Tensor:
-    """existing + gain * stem ([..., 2, S]), scaled down only where the sum would clip."""
-    out = existing + stem * gain
-    peak = out.abs().amax(dim=(-1, -2), keepdim=True).clamp_min(1.0)
-    return out / peak
+    """existing + a * gain * stem ([K, 2, S]) with the largest a in (0, 1] per sample k that keeps
+    the sum within [-1, 1]: only the stem is turned down, so the existing track stays sample-exact
+    outside the region (where gain is 0)."""
+    add = stem * gain
+    out = []
+    for e, d in zip(existing.expand_as(add), add):
+        lo, hi = 0.0, 1.0
+        if float((e + d).abs().max()) > 1.0:
+            for _ in range(24):  # bisection on the stem's scale
+                mid = (lo + hi) / 2
+                lo, hi = (mid, hi) if float((e + mid * d).abs().max()) <= 1.0 else (lo, mid)
+            hi = lo
+        out.append(e + hi * d)
+    return torch.stack(out)
 
 
 # ------------------------------------------------------------------------------------ the edit
@@ -304,14 +321,17 @@ def edit(
         raise PrismAudioError("give --instruction or --cot, not both")
     if cot is not None and not isinstance(cot, _CoT):
         raise PrismAudioError(f"cot must be a CoT, got {type(cot).__name__}")
+    sr = pipe.config.sample_rate
+    clip = clip_info(pipe, video)
     if plan is None:
-        plan = plan_edit(pipe, video, audio, op, region, object, instruction, cot, segmenter, object_time,
+        plan = plan_edit(clip, sr, video, audio, op, region, object, instruction, cot, segmenter, object_time,
                          vocabulary, audio_rate)
     for note in plan.notes:
         warnings.warn(note, stacklevel=2)
-    sr = pipe.config.sample_rate
-    clip = clip_info(pipe, video)
     n = round(clip.duration * sr)
+    if plan.audio.shape[-1] != (n if plan.op != "extend" else plan.audio.shape[-1]):
+        raise PrismAudioError(f"the edit plan's audio has {plan.audio.shape[-1]} samples, the clip {n} at {sr} Hz "
+                              "(plan it with this model's clip_info and sample rate)")
     target = cot
     if target is None:
         base = None
