@@ -209,7 +209,8 @@ def plan_edit(
                 raise PrismAudioError("a click --object needs a segmenter (--segmenter scene or a SAM checkpoint)")
             t = reg.start if object_time is None else float(object_time)
             frame = _frame_at(video, t)
-            box = mask_box(segmenter.segment(frame, obj, t), "the segmenter's mask")
+            box = check_box(mask_box(segmenter.segment(frame, obj, t), "the segmenter's mask"), clip.width,
+                            clip.height, "the segmenter's mask")
             known = getattr(segmenter, "class_at", None)  # the scene graph knows what was clicked
             if op == "refine" and parsed is None and cot is None and known is not None:
                 parsed = Instruction("refine", (vocabulary or default_vocabulary()).get(known(obj, t)), "")
