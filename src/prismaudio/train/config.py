@@ -58,6 +58,7 @@ class ContextTrainConfig:
     else inpaint / extend / add / remove with the relative `weights`. add / remove pairs are the
     corpus clip re-rendered without one source (`procedural/synth/pairs.py`), so they need a
     procedural corpus made with `corpus_seed`; clips without such pairs draw inpaint instead.
+    A YAML `weights` mapping is merged into the defaults (1 each): set a task to 0 to leave it out.
     """
 
     enabled: bool = False
