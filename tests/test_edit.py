@@ -334,3 +334,23 @@ def test_python_m_entry_point(clip, tmp_path: Path) -> None:
                         "--region", "3:4", "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "outside the clip" in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_bench_edit_runs_end_to_end(tmp_path: Path) -> None:
+    """benchmarks/bench_edit.py on a tiny random model: every op measured, the JSON written; the
+    outside of an inpainted region is sample-exact whatever the weights."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_edit", Path(__file__).resolve().parents[1] / "benchmarks" / "bench_edit.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    res = bench.run(bench.parse_args(["--model", "preset:tiny", "--n", "2", "--duration", "2", "--size", "48",
+                                      "--steps", "1", "--out", str(out)]))
+    saved = json.loads(out.read_text())
+    assert saved["clips"] == 2 and set(saved["per_clip"]) == {"inpaint", "remove", "add", "refine"}
+    assert res["summary"]["inpaint.outside_exact"] == 1.0 and saved["met"]["inpaint.outside_exact"] is True
+    for key in ("add.class_recall", "refine.class_recall", "inpaint.onsets_within_40ms"):
+        assert key in saved["summary"]
+    for r in saved["per_clip"]["refine"]:
+        assert 0 <= r["posterior"] <= 1 and len(r["box"]) == 4
