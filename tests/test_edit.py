@@ -354,3 +354,10 @@ def test_bench_edit_runs_end_to_end(tmp_path: Path) -> None:
         assert key in saved["summary"]
     for r in saved["per_clip"]["refine"]:
         assert 0 <= r["posterior"] <= 1 and len(r["box"]) == 4
+
+
+def test_add_does_not_repeat_what_the_plan_says(vocab) -> None:
+    base = CoT("A bell is struck twice.", "At 0.40 s the bell flashes.", "Clean.", "The bell is on the left.")
+    added = target_cot(base, parse_instruction("add the bell", vocab), Region(0.2, 0.8), side=-0.5)
+    assert added.semantic.count(".") == base.semantic.count(".") + 1  # only the instruction's own sentence
+    assert added.temporal == base.temporal and added.spatial == base.spatial

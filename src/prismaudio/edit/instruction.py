@@ -5,9 +5,11 @@ processing operations through CoT reasoning").
 Offline and deterministic: an instruction ("add a metal clang on the left", "remove the rain")
 names one operation by its verb and one object of the vocabulary by a class name, label or noun.
 The target CoT is the plan of the existing video with that object added / removed / in focus:
-`remove` drops every sentence about the object from each module; `add` appends the object's
-sentences (the instruction's own sentences sorted into modules by the rule-based decoupler, then
-a corpus-style sentence per module that is still silent about it: what it sounds like, when, where).
+`remove` drops every sentence about the object from each module (the training pairs' remove
+target is the CoT of the scene without that source); `add` appends the instruction's own sentences,
+sorted into modules by the rule-based decoupler, and a corpus-style sentence (what it sounds like,
+when, where) to each module that neither the plan nor the instruction already says it in (the
+video shows the object, so the offline planner's plan often names it already).
 """
 
 from __future__ import annotations
@@ -219,7 +221,7 @@ def target_cot(base: CoT | None, instruction: Instruction, region: Region | None
         parts = {}
         for m in MODULES:
             add = from_text[m]
-            if m in own and not mentions(add, cls):
+            if m in own and not mentions(add, cls) and not mentions(base_parts[m], cls):  # the plan may see it
                 add = _join(add, own[m])
             parts[m] = _join(base_parts[m], add)
         return CoT(**parts)
