@@ -588,6 +588,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import MAX_LONG_DURATION
+
     p = _Parser(prog="prismaudio", description="PrismAudio video-to-audio generation")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
@@ -614,8 +616,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=seed_arg, default=0)
     g.add_argument("--duration", type=float, default=None,
                    help="seconds (default: the video's); longer than the model's clips -> overlapping windows")
-    g.add_argument("--max-duration", type=float, default=600.0,
-                   help="refuse videos (or --duration) longer than this many seconds (default 600)")
+    g.add_argument("--max-duration", type=float, default=MAX_LONG_DURATION,
+                   help=f"refuse videos (or --duration) longer than this many seconds (default {MAX_LONG_DURATION:g})")
     g.add_argument("--window", type=float, default=None,
                    help="window length in seconds for long videos (default: the model's trained clip length)")
     g.add_argument("--overlap", type=float, default=None,

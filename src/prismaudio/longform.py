@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 from torch import Tensor
 
+from .config import MAX_LONG_DURATION
 from .errors import PrismAudioError
 from .io.video import FrameSpec, FrameWindows, num_samples, probe_video, write_clip
 
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
     from .cot import CoT, Planner
     from .pipeline import PrismAudioPipeline
 
-MAX_DURATION_S = 600.0  # the default safety cap of the windowed path (10 minutes)
 DEFAULT_OVERLAP = 0.25  # overlap as a fraction of the window when none is given
 PLANNER_FRAME_SIZE = 192  # px: what the offline planner analyses at most (its MAX_SIZE)
 
@@ -94,9 +94,9 @@ class LongformConfig:
 
     window_s: float | None = None  # the model's trained duration (`config.duration`)
     overlap_s: float | None = None  # DEFAULT_OVERLAP of the window
-    max_duration_s: float = MAX_DURATION_S  # safety cap: longer videos are refused in one line
+    max_duration_s: float = MAX_LONG_DURATION  # safety cap: longer videos are refused in one line
     use_context: bool | None = None  # None: the audio context (always available now); False: crossfade only
-    crossfade_s: float = 0.02  # the context's own seam crossfade (`AudioContext.crossfade_s`)
+    crossfade_s: float = 0.02  # the linear fade from the kept to the generated audio before each seam
 
 
 @dataclass
@@ -174,12 +174,31 @@ def check_long_duration(duration: float, video_duration: float, max_duration_s: 
 # ------------------------------------------------------------------------------------ stitching
 def equal_power_join(track: Tensor, new: Tensor, start: int, overlap: int) -> None:
     """Write `new` [2, L] into `track` [2, S] at `start`; its first `overlap` samples fade in
-    (sin) over the track's (cos): equal power for uncorrelated windows, no gap, no click."""
+    (sin) over the track's (cos): equal power for uncorrelated windows (the crossfade-only path),
+    no gap, no click. Two independent full-scale signals can sum past 1 there: those samples are clipped."""
     if overlap > 0:
         t = (torch.arange(overlap, dtype=torch.float32) + 0.5) / overlap
         fade_in, fade_out = torch.sin(0.5 * math.pi * t), torch.cos(0.5 * math.pi * t)
-        track[:, start : start + overlap] = track[:, start : start + overlap] * fade_out + new[:, :overlap] * fade_in
+        mixed = track[:, start : start + overlap] * fade_out + new[:, :overlap] * fade_in
+        track[:, start : start + overlap] = mixed.clamp(-1.0, 1.0)
     track[:, start + overlap : start + new.shape[1]] = new[:, overlap:]
+
+
+def seam_splice(generated: Tensor, ctx_audio: Tensor, keep: int, width: int) -> Tensor:
+    """The window's output [2, L] with the kept audio copied back: `ctx_audio` on [0, keep - width),
+    then a LINEAR crossfade to `generated` over the `width` samples before the seam, `generated`
+    after it. Linear (equal gain), not equal power: with the context the generated audio in the
+    kept region reproduces the kept audio (the kept latent frames are imposed), so the two are
+    correlated and an equal-power fade would be a +3 dB bump (and overshoot full scale) at every
+    seam. Away from the fade the copy is sample-exact."""
+    out = generated.clone()
+    width = max(0, min(width, keep))
+    hard = keep - width
+    out[:, :hard] = ctx_audio[:, :hard]
+    if width > 0:
+        w = (torch.arange(width, dtype=torch.float32) + 0.5) / width  # weight of the generated audio
+        out[:, hard:keep] = ctx_audio[:, hard:keep] * (1 - w) + generated[:, hard:keep] * w
+    return out
 
 
 # ------------------------------------------------------------------------------------ planning
@@ -369,9 +388,8 @@ def _window_audio(pipe: "PrismAudioPipeline", frames_v: Tensor, frames_s: Tensor
     latents = pipe.sample_latents(cond, seed=seed, steps=steps, cfg_scale=cfg_scale, **extra)
     audio = pipe.decode(latents, duration)
     if ctx is not None:
-        from .context import splice
-
-        audio = splice(audio, ctx, pipe.config.sample_rate)
+        keep = int(ctx.keep.sum())
+        audio = seam_splice(audio[0], ctx.audio, keep, round(ctx.crossfade_s * pipe.config.sample_rate)).unsqueeze(0)
     return audio[0]
 
 
