@@ -243,3 +243,28 @@ def test_replace_known_is_identity_at_noise_and_exact_at_data() -> None:
     out = f(x, torch.zeros(2))
     assert torch.equal(out[..., [0, 1, 4]], known.expand(2, -1, -1)[..., [0, 1, 4]])
     assert torch.equal(out[..., [2, 3, 5]], x[..., [2, 3, 5]])
+
+
+def test_a_context_free_checkpoint_opens_with_a_zero_projection(tmp_path: Path) -> None:
+    """config.json asks for audio_context but model.safetensors predates it: loaded, projection at
+    zero, said in a warning; the model computes what it did."""
+    import json
+    import warnings
+
+    plain = PrismAudioPipeline.from_preset("tiny", seed=1)
+    _redraw_zeros(plain.dit)
+    plain.save_pretrained(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg["dit"]["audio_context"] = True
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        pipe = PrismAudioPipeline.from_pretrained(tmp_path / "m")
+    assert any("initialised to zero" in str(x.message) for x in w)
+    assert pipe.config.dit.audio_context and not pipe.dit.ctx_proj.weight.any()
+    assert torch.equal(pipe.generate(EXAMPLE, **KW).audio, plain.generate(EXAMPLE, **KW).audio)
+    pipe.save_pretrained(tmp_path / "m2")  # now with the projection: a strict load, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m2 = PrismAudioPipeline.from_pretrained(tmp_path / "m2")
+        assert m2.dit.ctx_proj.weight.shape[1] == m2.config.dit.io_channels + 2

@@ -164,6 +164,9 @@ class PrismAudioPipeline(nn.Module):
                                   "directory (an official checkpoint is converted with `prismaudio convert-official`)")
         config = load_model_config(root / CONFIG_FILE)
         _resolve_encoder_paths(config, root)
+        add_context = config.dit.audio_context and not _has_key(root / MODEL_FILE, "dit.ctx_proj.weight")
+        if add_context:  # a context-free checkpoint opened for context training / use: strict-load it as it is
+            config.dit.audio_context = False
         pipe = cls.from_config(config)
         parts: dict[str, nn.Module] = {MODEL_FILE: _ModelPart(pipe.dit, pipe.conditioner), VAE_FILE: pipe.vae}
         encoders = _EncodersPart(pipe.video_encoder, pipe.sync_encoder, config)
@@ -171,6 +174,11 @@ class PrismAudioPipeline(nn.Module):
             parts[ENCODERS_FILE] = encoders
         for fname, module in parts.items():
             load_strict(module, root / fname, f"the {config.preset!r} config")
+        if add_context:
+            pipe.dit.enable_audio_context()
+            warnings.warn(f"{root / MODEL_FILE} has no audio-context projection (dit.ctx_proj) although its config "
+                          "sets dit.audio_context: added, initialised to zero (the model ignores the context "
+                          "until it is trained)", stacklevel=3)
         return pipe.eval()
 
     def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
@@ -560,6 +568,18 @@ def _resolve_encoder_paths(config: ModelConfig, root: Path) -> None:
             inside = root / value
             if inside.exists():
                 params["path"] = str(inside.resolve())
+
+
+def _has_key(file: Path, key: str) -> bool:
+    """Whether a safetensors file holds `key` (header only; an unreadable file answers True so
+    that the strict load reports it)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return key in f.keys()
+    except Exception:  # noqa: BLE001 - the strict load right after says what is wrong
+        return True
 
 
 def _build_if_available(spec: EncoderSpec) -> Encoder | str:

@@ -202,7 +202,7 @@ def replace_known(known: Tensor, mask: Tensor, noise: Tensor) -> Constraint:
     known [1 or B, C, N], mask broadcastable to it ([1 or B, 1, N] bool), noise [B, C, N]: the
     sampler's starting noise, so at t = 1 the constraint is the identity and at t = 0 it returns
     `known` exactly on the masked frames. It keeps an under-trained context model from drifting
-    away from the audio it must continue (measured in docs/audio_context.md).
+    away from the audio it must continue (measured: see `prismaudio.context`).
     """
 
     def constrain(x: Tensor, t: Tensor) -> Tensor:
