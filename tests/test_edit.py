@@ -252,7 +252,8 @@ def _run(argv: list[str], capsys) -> tuple[int, str]:
 
 
 def _bad(argv: list[str], out: Path, capsys, match: str) -> None:
-    code, err = _run([*argv, "--out", out, "--model", "preset:tiny", "--steps", "1", "--planner", "none"], capsys)
+    steps = [] if "--steps" in argv else ["--steps", "1"]
+    code, err = _run([*argv, "--out", out, "--model", "preset:tiny", *steps, "--planner", "none"], capsys)
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert code == 2, err
     assert len(lines) == 1 and lines[0].startswith("prismaudio: error: ") and match in lines[0], err
@@ -297,7 +298,12 @@ def test_cli_bad_inputs_one_line_exit_2_nothing_written(clip, wavs, tmp_path: Pa
         ([*base, "--op", "remove", "--cot", f"@{tmp_path / 'missing.cot'}"], "cannot read"),
         ([*base, "--op", "refine", "--object", "3,3", "--segmenter", str(tmp_path / "nosam")], "no such checkpoint"),
         ([*base, "--op", "refine", "--object", "0,0", "--segmenter", "scene"], "no object of the scene under the click"),
+        ([*base, "--op", "inpaint", "--steps", "0"], "--steps must be a positive integer"),
+        ([*base, "--op", "extend", "--region", "0.5:1.5"], "continues to the video's end"),
+        ([*base, "--op", "add", "--instruction", "add a bell", "--cot", "Semantic: a bell"], "not both"),
     ]
+    if not torch.cuda.is_available():
+        cases.append(([*base, "--op", "inpaint", "--device", "cuda"], "no CUDA GPU is visible"))
     for argv, match in cases:
         _bad(argv, out, capsys, match)
 

@@ -48,6 +48,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     e.add_argument("--seed", type=seed_arg, default=0)
     e.add_argument("--steps", type=int, default=None)
     e.add_argument("--cfg", type=float, default=None)
+    e.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available, else cpu)")
+    e.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="precision of the DiT and condition MLPs (default fp32; the VAE decodes in fp32)")
+    e.add_argument("--offload", action="store_true", help="free the pretrained encoders before sampling")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=run)
     return e
@@ -92,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     """Check everything, load the model, edit, write the outputs all at once."""
     import warnings
 
-    from ..cli import load_pipeline, status_printer
+    from ..cli import load_pipeline, place_pipeline, resolve_device_dtype, status_printer
     from ..io.audio import save_wav
     from ..io.files import Staging, check_input_file
     from ..io.video import mux_audio, probe_video, video_track_plan
@@ -101,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from .roi import Box, check_box, check_click, parse_object, parse_region
 
     _check_args(args)
+    resolve_device_dtype(args.device, args.dtype)  # a device that cannot run here fails first
     video = check_input_file(args.video, "video")
     info = probe_video(video)  # a bad video fails here, before the model
     check_input_file(args.audio, "--audio")
@@ -126,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     say = status_printer(args.quiet)
     with Staging(args.out) as staging:  # --out is writable, before the model loads
         say(f"loading the model ({args.model or 'the default'}) ...")
-        pipe = load_pipeline(args.model)
+        pipe = place_pipeline(load_pipeline(args.model), args)
         clip = clip_info(pipe, video)
         if clip != seen:  # the model's duration rule shortens the clip: check again on its length
             first = plan
