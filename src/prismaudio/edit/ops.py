@@ -85,13 +85,13 @@ def conform_audio(audio: Tensor, rate: int, clip: ClipInfo, model_rate: int, op:
         raise PrismAudioError(f"{what} has {audio.shape[0]} channels; give a mono or stereo WAV")
     seconds = audio.shape[-1] / rate
     gap = seconds - clip.duration
+    length = f"{what} is {seconds:.3f} s long ({audio.shape[-1]} samples at {rate} Hz)"
     if gap > clip.frame_s + 1e-9:
-        raise PrismAudioError(f"{what} is {seconds:.3f} s long, longer than the {clip.duration:.3f} s video "
-                              f"by more than one frame ({clip.frame_s * 1000:.0f} ms)")
+        raise PrismAudioError(f"{length}, longer than the {clip.duration:.3f} s video by more than one frame "
+                              f"({clip.frame_s * 1000:.0f} ms)")
     if gap < -(clip.frame_s + 1e-9) and op != "extend":
-        raise PrismAudioError(f"{what} is {seconds:.3f} s long, shorter than the {clip.duration:.3f} s video "
-                              f"by more than one frame ({clip.frame_s * 1000:.0f} ms); only --op extend continues "
-                              "a shorter audio")
+        raise PrismAudioError(f"{length}, shorter than the {clip.duration:.3f} s video by more than one frame "
+                              f"({clip.frame_s * 1000:.0f} ms); only --op extend continues a shorter audio")
     if audio.shape[0] == 1:
         notes.append(f"{what} is mono: duplicated to both channels")
         audio = audio.expand(2, -1).clone()
