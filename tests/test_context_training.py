@@ -157,28 +157,45 @@ def _cfg(corpus: Path, out: Path) -> dict:
     return {"stage": "cot", "model": "tiny", "out_dir": str(out), "cot_variant": "multi",
             "data": {"manifest": str(corpus / "manifest.jsonl"), "split": None, "cache_dir": str(corpus / "cache")},
             "batch_size": 2, "max_steps": 3, "ema_decay": 0.9, "checkpoint_every": 2, "keep_last": 3, "log_every": 1,
+            "demo_every": 3, "demo_steps": 2,
             "context": {"enabled": True, "context_dropout": 0.2}, "optim": {"lr": 1e-3, "warmup_steps": 1}}
 
 
-def test_three_step_context_run_exports_a_context_model_and_resumes_bit_identically(corpus: Path, tmp_path: Path) -> None:
-    from prismaudio.pipeline import PrismAudioPipeline
+@pytest.fixture(scope="module")
+def context_run(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """One uninterrupted 3-step context run on the fixture corpus (checkpoints at 2 and 3)."""
     from prismaudio.train.trainer import train
 
-    full = tmp_path / "full"
+    full = tmp_path_factory.mktemp("context_run") / "full"
     lines: list[str] = []
     train(config_from_dict(_cfg(corpus, full)), full, log=lines.append)
+    return full, lines
+
+
+def test_three_step_context_run_exports_a_context_model(corpus: Path, context_run) -> None:
+    from prismaudio.pipeline import PrismAudioPipeline
+
+    full, lines = context_run
     text = "\n".join(lines)
     assert "added, initialised to zero" in text and "edit pairs:" in text and "audio-context tasks" in text
     assert list((corpus / "cache").glob("pairs-s0-*.safetensors"))  # the pairs went into the data cache
+    demos = sorted(p.name for p in (full / "demos").glob("*.wav"))
+    assert len(demos) == 4 and sum(n.endswith("-inpaint.wav") for n in demos) == 2
     model = PrismAudioPipeline.from_pretrained(full / "final")  # strict load of a context model
     assert model.config.dit.audio_context and model.dit.ctx_proj.weight.any()
-    # resume: the step-2 checkpoint of the same run, continued to step 3
+
+
+def test_the_context_run_resumes_bit_identically(corpus: Path, context_run, tmp_path: Path) -> None:
+    """The step-2 checkpoint of the same run, continued to step 3, equals the uninterrupted step 3."""
+    from prismaudio.train.trainer import train
+
+    full, _ = context_run
     killed = tmp_path / "killed"
     shutil.copytree(full, killed)
     shutil.rmtree(killed / "final")
     shutil.rmtree(killed / "checkpoints" / "step-00000003")
     (killed / "checkpoints" / "latest").write_text("step-00000002\n")
-    lines.clear()
+    lines: list[str] = []
     train(config_from_dict(_cfg(corpus, killed)), killed, resume=True, log=lines.append)
     assert any("resumed from" in m for m in lines) and any("loaded" in m and "edit pairs" in m for m in lines)
     for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors"):

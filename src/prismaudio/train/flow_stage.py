@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..context import context_condition
+from ..context import ContextLatents, context_condition
 from ..flow import flow_matching_loss
 from ..io.audio import save_wav
 from ..io.spectrogram import save_spectrogram_png
@@ -205,15 +205,25 @@ class FlowStage:
         dev = next(module.parameters()).device
         batch = {n: v.to(dev) for n, v in self.collate([self.dataset[i] for i in range(k)]).items()}
         pipe = self._pipeline(module)
-        latents = pipe.sample_latents(module.condition(batch), seed=0, steps=self.cfg.demo_steps,
-                                      cfg_scale=pipe.config.sampling.cfg_scale)
-        audio = pipe.decode(latents, self.dataset.duration)
+        cond = module.condition(batch)
+        runs = [("", pipe.sample_latents(cond, seed=0, steps=self.cfg.demo_steps,
+                                         cfg_scale=pipe.config.sampling.cfg_scale))]
+        if module.context is not None:  # the context stage also shows an inpainting of the middle third
+            z = batch["latent"].float()
+            n = z.shape[-1]
+            keep = torch.ones(k, n, dtype=torch.bool, device=z.device)
+            keep[:, n // 3 : 2 * n // 3] = False
+            ctx = ContextLatents(z, keep, keep.clone())
+            runs.append(("-inpaint", pipe.sample_latents(cond, seed=0, steps=self.cfg.demo_steps,
+                                                         cfg_scale=pipe.config.sampling.cfg_scale, context=ctx)))
         written = []
-        for i in range(k):
-            name = f"step{step:08d}-{self.dataset.ids[i]}"
-            save_wav(out / f"{name}.wav", audio[i], pipe.config.sample_rate)
-            save_spectrogram_png(out / f"{name}.png", audio[i], pipe.config.sample_rate, title=f"{name}")
-            written += [out / f"{name}.wav", out / f"{name}.png"]
+        for suffix, latents in runs:
+            audio = pipe.decode(latents, self.dataset.duration)
+            for i in range(k):
+                name = f"step{step:08d}-{self.dataset.ids[i]}{suffix}"
+                save_wav(out / f"{name}.wav", audio[i], pipe.config.sample_rate)
+                save_spectrogram_png(out / f"{name}.png", audio[i], pipe.config.sample_rate, title=f"{name}")
+                written += [out / f"{name}.wav", out / f"{name}.png"]
         return written
 
     def export(self, module: nn.Module, out: Path) -> None:
