@@ -10,6 +10,7 @@
 * `evaluate`          the paper's metrics (and the procedural ground truth) for generated audio
 * `convert-official`  an official PrismAudio checkpoint as our model directory
 * `demo`              the web demo (gradio) on this machine (`prismaudio.web`)
+* `edit`              edit a video's soundtrack: inpaint, extend, add, remove, refine (`prismaudio.edit`)
 
 Every user error is one line on stderr and exit code 2, and so is an OS error while writing (a
 full disk, a read-only folder): output locations are checked before any work, and `generate`
@@ -743,6 +744,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .web.command import add_parser as add_demo_parser  # gradio is imported only when `demo` runs
     add_demo_parser(sub)
+    from .edit.command import add_parser as add_edit_parser
+    add_edit_parser(sub)
     return p
 
 
