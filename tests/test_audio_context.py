@@ -185,6 +185,16 @@ def test_inpaint_keeps_the_outside_sample_exact_after_the_crossfade(pipes) -> No
         assert keep.sum() == (res.latents.shape[-1] - math.ceil(b / hop) + a // hop)
 
 
+def test_a_model_without_context_says_it_only_imposes_the_kept_frames(pipes) -> None:
+    plain, _ = pipes
+    c = inpaint_context(torch.zeros(2, S), SR, 0.2, 0.3)
+    lines: list[str] = []
+    plain.generate(EXAMPLE, context=c, status=lines.append, **KW)
+    assert any("RePaint-style" in m for m in lines)
+    with pytest.raises(PrismAudioError, match="would be ignored"):
+        plain.generate(EXAMPLE, context=c, context_replace=False, **KW)
+
+
 def test_context_enters_both_cfg_branches_and_changes_the_sound(pipes) -> None:
     _, ctx = pipes
     trained = PrismAudioPipeline(ctx.config, DiffusionTransformer(ctx.config.dit), ctx.conditioner, ctx.vae,

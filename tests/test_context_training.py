@@ -20,7 +20,6 @@ from prismaudio.procedural.synth.writer import make_clip
 from prismaudio.train.config import ContextTrainConfig, config_from_dict
 from prismaudio.train.flow_stage import TASKS, sample_context_tasks
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _rows(corpus: Path) -> list[dict]:

@@ -355,6 +355,12 @@ class PrismAudioPipeline(nn.Module):
                 duration = self._check_duration(self.clip_duration(probe_video(video).duration))
             context.validate(self.config.sample_rate, round(duration * self.config.sample_rate),
                              self.config.vae.audio_channels)
+            if not self.config.dit.audio_context:
+                if not context_replace:
+                    raise PrismAudioError("this model has no audio-context conditioning (dit.audio_context is false): "
+                                          "with context_replace off the context would be ignored")
+                say("audio context: this model was not trained with it; the kept frames are imposed at every "
+                    "step (RePaint-style) and the generated region does not hear the context")
         plan: CoT | None = cot if isinstance(cot, CoT) else None
         if cot is None and planner is not None:
             name = planner if isinstance(planner, str) else type(planner).__name__
