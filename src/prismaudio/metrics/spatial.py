@@ -192,6 +192,7 @@ _FAST_WINDOWS = 12                     # windows per group: 36 frames per step, 
 _FAST_HALF = (BEWO_NFFT // 2 + 2) // 2  # 1921 bins per parity class (odd ones padded by one)
 _FAST_BIN_ERR = 40.0                   # per-bin float32 FFT error, x eps x ||frame|| (calibrated, see below)
 _FAST_CC_ERR = 1e-5                    # every other rounding of either path, on |cc| (<= 1)
+_REDO_BATCH = 32                       # frames per call when recomputing by the reference arithmetic
 _fast_tables_cache: dict[int, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
 
 
@@ -216,7 +217,7 @@ def _fast_tables(block: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return _fast_tables_cache[block]
 
 
-def _bewo_fast_frame_itd(x: Tensor, starts: list[int]) -> Tensor:
+def _bewo_fast_frame_itd(x: Tensor, starts: list[int], backend: str | None = None) -> Tensor:
     """ITD (s) of the 513 frames of each window starting at `starts` in x [2, S] (16 kHz, S >= 4352):
     Tensor[len(starts), 513] float64, NaN where a channel's frame is all zeros -- frame for frame
     what `_bewo_window_itd` gives on the same frames.
@@ -235,11 +236,13 @@ def _bewo_fast_frame_itd(x: Tensor, starts: list[int]) -> Tensor:
     bound; identity is verified on 20 corpus clips (400,140 frames, 0.8% recomputed) and on
     band-limited, tonal, moving-source, click and -80 dB test signals (tests/test_metrics_spatial.py,
     benchmarks/bench_metrics.py --bewo-only).
+
+    Two backends compute the same |cc| and bound (`backend`: None = "compiled" when numba is
+    installed, else "torch"): `_fast_absc_compiled` (one fused float64 pass per frame, see there)
+    and `_fast_absc_torch`; the certification and the recomputation below are shared.
     """
-    rot, cos, sin, order = _fast_tables(_FAST_BLOCK)
-    n, fr, m, h, blk = BEWO_NFFT, BEWO_FRAME, BEWO_MAXLAG, _FAST_HALF, _FAST_BLOCK
+    n, fr, m = BEWO_NFFT, BEWO_FRAME, BEWO_MAXLAG
     nf = BEWO_WIN - BEWO_FRAME + 1
-    nb = nf // blk
     ss = torch.tensor(starts)
     wins = x[:, ss[:, None] + torch.arange(BEWO_WIN)[None]].transpose(0, 1).double().contiguous()  # [W, 2, WIN]
     nw = wins.shape[0]
@@ -249,12 +252,67 @@ def _bewo_fast_frame_itd(x: Tensor, starts: list[int]) -> Tensor:
     e2 = torch.nn.functional.pad((wins * wins).cumsum(-1), (1, 0))
     # an upper bound of each frame's norm (the prefix-sum difference can only lose ~1e-16 of the total)
     norm = ((e2[..., k + fr] - e2[..., k]).clamp_min(0) + 1e-15 * e2[..., -1:]).sqrt()  # [W, 2, 513]
+    if backend is None:
+        from . import _bewo_kernel
+
+        backend = "compiled" if _bewo_kernel.AVAILABLE else "torch"
+    threads = torch.get_num_threads()
+    # Parallel over groups of windows with one intra-op thread each: thousands of small ops, each with a
+    # thread barrier, stall badly on a shared machine (measured 10-40x slower under load; the
+    # reference's few large ops do not). The thread count is restored on exit.
+    torch.set_num_threads(1)
+    try:
+        if backend == "compiled":
+            absc, bound = _fast_absc_compiled(wins, norm, threads)
+        elif backend == "torch":
+            absc, bound = _fast_absc_torch(wins, norm, threads)
+        else:
+            raise ValueError(f"backend must be 'compiled' or 'torch', got {backend!r}")
+    finally:
+        torch.set_num_threads(threads)
+    top = absc.view(nw, nf, 2 * m + 1).topk(2, dim=-1)
+    itd = -(top.indices[..., 0].to(torch.float64) - m) / BEWO_SR
+    gap = top.values[..., 0] - top.values[..., 1]
+    # near-empty frames (below -120 dB: float audio only; a 16-bit sample is >= 3e-5) are recomputed too
+    redo = ((gap <= 2 * (bound.view(nw, nf) + _FAST_CC_ERR)) | (norm < 1e-6).any(1)) & ~silent
+    if bool(redo.any()):
+        # small batches: 2.7x less time per frame than 1026 (in cache); the reference arithmetic gives
+        # bitwise the same per-frame values for any batch size (tested)
+        wi, ki = torch.nonzero(redo, as_tuple=True)
+        for c0 in range(0, len(wi), _REDO_BATCH):
+            w_, k_ = wi[c0:c0 + _REDO_BATCH], ki[c0:c0 + _REDO_BATCH]
+            idx = ss[w_][:, None] + k_[:, None] + torch.arange(fr)[None]
+            itd[w_, k_] = _bewo_window_itd(x[0][idx], x[1][idx])
+    itd[silent] = float("nan")
+    return itd
+
+
+def _run_groups(fn, nw: int, threads: int, per_group: int) -> None:
+    """fn(g) for the window groups g = 0, per_group, ...: on a thread pool when threads > 1."""
+    groups = list(range(0, nw, per_group))
+    if threads > 1 and len(groups) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(threads, len(groups))) as pool:
+            list(pool.map(fn, groups))
+    else:
+        for g in groups:
+            fn(g)
+
+
+def _fast_absc_torch(wins: Tensor, norm: Tensor, threads: int) -> tuple[Tensor, Tensor]:
+    """(|cc| [W, 3, 171, 49] float32, bound [W, 3, 171] float64) by torch ops: 3 float64 anchor FFTs
+    per window, then the slide one step (one frame of each block) at a time, a [3842, 49] product."""
+    rot, cos, sin, order = _fast_tables(_FAST_BLOCK)
+    n, fr, m, h, blk = BEWO_NFFT, BEWO_FRAME, BEWO_MAXLAG, _FAST_HALF, _FAST_BLOCK
+    nf = BEWO_WIN - BEWO_FRAME + 1
+    nb = nf // blk
+    nw = wins.shape[0]
     kappa = 2 * _FAST_BIN_ERR * 2.0 ** -24
     k0 = torch.arange(nb) * blk
     sign = torch.tensor([1.0, -1.0], dtype=torch.float64)
     absc = torch.empty(nw, nb, blk, 2 * m + 1)
     bound = torch.empty(nw, nb, blk)
-    threads = torch.get_num_threads()
     n_groups = max(-(-nw // _FAST_WINDOWS), min(threads, nw))
     per_group = -(-nw // n_groups)                                                  # balanced groups
 
@@ -303,35 +361,115 @@ def _bewo_fast_frame_itd(x: Tensor, starts: list[int]) -> Tensor:
         absc[g:g + gw] = cc.view(blk, gw, nb, 2 * m + 1).permute(1, 2, 0, 3)
         bound[g:g + gw] = ((bsum[:, :rows].double() - 4.0) * (2.0 / n)).view(blk, gw, nb).permute(1, 2, 0)
 
-    # Parallel over groups of windows with one intra-op thread each: thousands of small ops, each with a
-    # thread barrier, stall badly on a shared machine (measured 10-40x slower under load; the
-    # reference's few large ops do not). The thread count is restored on exit.
-    groups = list(range(0, nw, per_group))
-    torch.set_num_threads(1)
-    try:
-        if threads > 1 and len(groups) > 1:
-            from concurrent.futures import ThreadPoolExecutor
+    _run_groups(group, nw, threads, per_group)
+    return absc, bound
 
-            with ThreadPoolExecutor(max_workers=min(threads, len(groups))) as pool:
-                list(pool.map(group, groups))
-        else:
-            for g in groups:
-                group(g)
-    finally:
-        torch.set_num_threads(threads)
-    top = absc.view(nw, nf, 2 * m + 1).topk(2, dim=-1)
-    itd = -(top.indices[..., 0].to(torch.float64) - m) / BEWO_SR
-    gap = top.values[..., 0] - top.values[..., 1]
-    # near-empty frames (below -120 dB: float audio only; a 16-bit sample is >= 3e-5) are recomputed too
-    redo = ((gap <= 2 * (bound.view(nw, nf) + _FAST_CC_ERR)) | (norm < 1e-6).any(1)) & ~silent
-    if bool(redo.any()):
-        wi, ki = torch.nonzero(redo, as_tuple=True)
-        for c0 in range(0, len(wi), 1026):
-            w_, k_ = wi[c0:c0 + 1026], ki[c0:c0 + 1026]
-            idx = ss[w_][:, None] + k_[:, None] + torch.arange(fr)[None]
-            itd[w_, k_] = _bewo_window_itd(x[0][idx], x[1][idx])
-    itd[silent] = float("nan")
-    return itd
+
+_compiled_tables_cache: dict[str, tuple] = {}
+# This path's own rounding on |cc|, a worst case (any summation order, u = 2^-24): the float32 GEMM
+# sums blocks of 241 terms and then the 8 partial sums, every |x t| <= 2 * 2/7680 and their sum
+# <= 1.0005, so (gamma_241 + gamma_7) * 1.0005 <= 1.48e-5 per cos or sin sum, x2 for cc = C -+ S;
+# plus <= 9u relative on each folded input (float32 normalisation) and u on the table: 1.2e-6.
+_COMPILED_OWN_ERR = 3.2e-5
+
+
+def _compiled_tables() -> tuple[Tensor, np.ndarray]:
+    """Folded lag tables T [4 x 8 blocks, 241, 13] float32 (even-cos, even-sin, odd-cos, odd-sin, each
+    cut into the kernel's 8 blocks of 241 bins; 1/n and the rfft bin weights included; padding rows
+    and unused columns 0) and the constant rows 10..12 of the kernel state
+    (Re/Im omega^i, (-1)^i), see `_bewo_kernel`."""
+    if "t" not in _compiled_tables_cache:
+        from ._bewo_kernel import KB, NBLK, Q
+
+        n = BEWO_NFFT
+        i = np.arange(Q)
+        wt = np.full(Q, 2.0)
+        wt[0] = 1.0                                   # bin 0 and its partner 3840 (Nyquist): weight 1
+
+        def trig(fn, lags):
+            return wt[:, None] * fn(2 * np.pi * ((i[:, None] * np.asarray(lags)[None]) % n) / n) / n
+
+        t = np.zeros((4, Q, 13))
+        t[0] = trig(np.cos, range(0, 25, 2))
+        t[1, :, :12] = trig(np.sin, range(2, 25, 2))
+        t[2, :, :12] = trig(np.cos, range(1, 24, 2))
+        t[3, :, :12] = trig(np.sin, range(1, 24, 2))
+        t = np.concatenate([t, np.zeros((4, NBLK * KB - Q, 13))], 1).reshape(4 * NBLK, KB, 13)
+        ang = 2 * np.pi * i / n
+        const = np.stack([np.cos(ang), -np.sin(ang), np.where(i % 2 == 0, 1.0, -1.0)])
+        _compiled_tables_cache["t"] = (torch.from_numpy(t).float(), const)
+    return _compiled_tables_cache["t"]
+
+
+def _slide_error(wins: Tensor) -> Tensor:
+    """Upper bound [W, 2, 513] of |Z_j - exact X_j| per bin, from the float64 roundings of the
+    compiled slide: the anchor FFT (<= 1e-11 ||frame||_1), per step <= 4u (||frame_j||_1 + |d_j|) for
+    the update and <= 4u (j + 1) |d_j| from the recurrence of omega^(f j), |d_j| <= |in| + |out|."""
+    u = 2.0 ** -53
+    fr, nf = BEWO_FRAME, BEWO_WIN - BEWO_FRAME + 1
+    k = torch.arange(nf)
+    a = wins.abs()
+    l1 = torch.nn.functional.pad(a.cumsum(-1), (1, 0))
+    l1 = l1[..., k + fr] - l1[..., k] + 1e-15 * l1[..., -1:]                        # ||frame_j||_1 (upper)
+    d = a[..., k[:-1]] + a[..., k[:-1] + fr]
+    inc = 4 * u * (l1[..., :-1] + d) + 4 * u * (k[:-1] + 1) * d
+    err = torch.nn.functional.pad(inc.cumsum(-1), (1, 0)) + 1e-11 * l1[..., :1]
+    return err * 1.001                                                              # (1 + 4u)^513 growth
+
+
+def _fast_absc_compiled(wins: Tensor, norm: Tensor, threads: int) -> tuple[Tensor, Tensor]:
+    """(|cc| [W, 513, 49] float32, bound [W, 513] float64) by the numba kernel `_bewo_kernel.slide_chunk`:
+    one float64 anchor FFT per channel and window, then per frame one fused pass (normalised folded
+    cross-spectrum, certification sum, slide) and a float32 GEMM per chunk of 27 frames, summed in
+    8 blocks of 241 bins.
+
+    Certification, compared with the torch backend: the per-bin error scale is kappa ||frame|| (the
+    reference's float32 FFT, as there) plus twice `_slide_error` (this path's own float64 error in
+    X), so min(2, k / |X|) bounds |P_ours - P_ref| per channel; the terms are float32 and summed in
+    float32 (<= 1e-4 relative), hence the factor 1.001. This path's remaining roundings are bounded
+    in the worst case by `_COMPILED_OWN_ERR` (float32 GEMM and normalisation), added to the bound."""
+    from ._bewo_kernel import CHUNK, KB, NBLK, Q, ROWS, slide_chunk
+
+    t, const = _compiled_tables()
+    n, fr, m = BEWO_NFFT, BEWO_FRAME, BEWO_MAXLAG
+    nf = BEWO_WIN - BEWO_FRAME + 1
+    nw = wins.shape[0]
+    kappa = 2 * _FAST_BIN_ERR * 2.0 ** -24
+    kk = (kappa * norm + 2 * _slide_error(wins)).numpy()                          # [W, 2, 513]
+    spec = torch.fft.rfft(wins[..., :fr], n=n).numpy()                             # [W, 2, 3841] anchors
+    rev = BEWO_NFFT // 2 - np.arange(Q)                                            # partner bins 3840 - i
+    nch = nf // CHUNK                                                              # 19 chunks of 27 frames
+    part = torch.empty(nw, nch, 4 * NBLK, CHUNK, 13)                               # block partial sums
+    bsum = np.empty((nw, nf))
+    wnp = wins.numpy().reshape(nw, -1)
+    per_group = -(-nw // max(1, min(threads, nw)))
+
+    def group(g: int) -> None:
+        buf = np.zeros(4 * NBLK * CHUNK * KB, dtype=np.float32)               # padding inputs stay 0
+        bt = torch.from_numpy(buf).view(4 * NBLK, CHUNK, KB)
+        st = np.empty((ROWS, Q))
+        st[10:] = const
+        flat = st.reshape(-1)
+        for wi in range(g, min(g + per_group, nw)):
+            sp = spec[wi]
+            st[0], st[1], st[2], st[3] = sp[0, :Q].real, sp[0, :Q].imag, sp[1, :Q].real, sp[1, :Q].imag
+            st[4], st[5], st[6], st[7] = sp[0, rev].real, sp[0, rev].imag, sp[1, rev].real, sp[1, rev].imag
+            st[8], st[9] = 1.0, 0.0                                                # omega^(f 0)
+            kl, kr, bs, out = kk[wi, 0], kk[wi, 1], bsum[wi], part[wi]
+            for c in range(nch):
+                slide_chunk(wnp[wi], c * CHUNK, CHUNK, flat, kl, kr, buf, bs)
+                torch.bmm(bt, t, out=out[c])
+
+    _run_groups(group, nw, threads, per_group)
+    cs = part.view(nw, nch, 4, NBLK, CHUNK, 13).sum(3).transpose(2, 3).reshape(nw, nf, 4, 13).double()
+    c = torch.empty(nw, nf, m + 1, dtype=torch.float64)                            # C_l, l = 0..24
+    s = torch.empty(nw, nf, m, dtype=torch.float64)                                # S_l, l = 1..24
+    c[..., 0::2], c[..., 1::2] = cs[..., 0, :13], cs[..., 2, :12]
+    s[..., 1::2], s[..., 0::2] = cs[..., 1, :12], cs[..., 3, :12]
+    cl = c[..., 1:]
+    absc = torch.cat([(cl + s).flip(-1), c[..., :1], cl - s], -1).abs_()             # lags -24..24
+    return absc, torch.from_numpy(bsum) * (1.001 * 2.0 / n) + _COMPILED_OWN_ERR
+
 
 def _load_any(a, sr: int):
     if isinstance(a, (str, bytes)) or hasattr(a, "__fspath__"):
