@@ -237,7 +237,14 @@ def build_flow_clips(pipe: Any, rows: Sequence[ManifestRow], cfg: DataConfig, st
     pair_parts = None
     if pairs_seed is not None:
         pair_cache = cache.with_name(f"pairs-s{pairs_seed}-{cache.name[len('flow-'):]}") if cache is not None else None
-        pair_parts = build_edit_pairs(pipe, [by_id[i] for i in ids], duration, cfg.seed, pairs_seed, pair_cache, log)
+        # built over every decoded clip (the cache is shared by all stages), then mapped onto this stage's clips
+        lat, pair_ids, src, region = build_edit_pairs(pipe, [by_id[i] for i in clips[3]], duration, cfg.seed,
+                                                      pairs_seed, pair_cache, log)
+        pos = {clip_id: i for i, clip_id in enumerate(ids)}
+        sel = [p for p, clip_id in enumerate(pair_ids) if clip_id in pos]
+        index = torch.tensor(sel, dtype=torch.long)
+        pair_parts = (lat[index], torch.tensor([pos[pair_ids[p]] for p in sel], dtype=torch.long), src[index],
+                      region[index])
         pair_texts = []
         for p_clip, p_src in zip(pair_parts[1].tolist(), pair_parts[2].tolist()):
             pair_texts.append(render_text(_row_without(by_id[ids[p_clip]], p_src, pairs_seed), stage, variant, cfg.seed))
@@ -261,8 +268,8 @@ def build_flow_clips(pipe: Any, rows: Sequence[ManifestRow], cfg: DataConfig, st
 
 
 # ------------------------------------------------------------------------------ edit pairs (issue 18)
-PAIRS_FORMAT = "prismaudio-edit-pairs-1"
-Pairs = tuple[Tensor, Tensor, Tensor, Tensor]  # latent [P, C, N], clip [P], source [P], region [P, 2]
+PAIRS_FORMAT = "prismaudio-edit-pairs-2"
+Pairs = tuple[Tensor, list[str], Tensor, Tensor]  # latent [P, C, N], clip id per pair, source [P], region [P, 2]
 
 
 def _row_without(row: ManifestRow, source: int, corpus_seed: int) -> ManifestRow:
@@ -322,23 +329,24 @@ def build_edit_pairs(pipe: Any, rows: Sequence[ManifestRow], duration: float, da
         for p, zk in zip(pairs, z):
             a, b = p.region
             lat.append(zk.contiguous())
-            clip.append(i)
+            clip.append(row.id)
             src.append(p.index)
             region.append([min(n_lat, a // ratio), min(n_lat, -(-b // ratio))])
     if skipped:
         log(f"no add/remove pairs for {len(skipped)} clip(s), e.g. {skipped[0]}")
     if lat:
-        out: Pairs = (torch.stack(lat), torch.tensor(clip), torch.tensor(src), torch.tensor(region, dtype=torch.long))
+        out: Pairs = (torch.stack(lat), clip, torch.tensor(src), torch.tensor(region, dtype=torch.long))
     else:
-        out = (torch.zeros(0, c.dit.io_channels, n_lat), torch.zeros(0, dtype=torch.long),
-               torch.zeros(0, dtype=torch.long), torch.zeros(0, 2, dtype=torch.long))
+        out = (torch.zeros(0, c.dit.io_channels, n_lat), [], torch.zeros(0, dtype=torch.long),
+               torch.zeros(0, 2, dtype=torch.long))
     log(f"edit pairs: {len(out[1])} mixes without one source from {len(set(clip))} clip(s)")
     if cache is not None:
-        tensors = dict(zip(("latent", "clip", "source", "region"), out))
+        tensors = {"latent": out[0], "source": out[2], "region": out[3]}
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(cache) as tmp:
-                save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata={"format": PAIRS_FORMAT})
+                save_file({k: v.contiguous() for k, v in tensors.items()}, tmp,
+                          metadata={"format": PAIRS_FORMAT, "clips": json.dumps(out[1])})
         except (OSError, PrismAudioError) as e:
             log(f"warning: could not write the data cache {cache}: {e}")
     return out
@@ -347,10 +355,14 @@ def build_edit_pairs(pipe: Any, rows: Sequence[ManifestRow], duration: float, da
 def _read_pairs(path: Path) -> Pairs | None:
     try:
         with safe_open(str(path), framework="pt") as f:
-            if (f.metadata() or {}).get("format") != PAIRS_FORMAT:
+            meta = f.metadata() or {}
+            if meta.get("format") != PAIRS_FORMAT:
                 return None
-            t = {k: f.get_tensor(k).clone() for k in ("latent", "clip", "source", "region")}
-        return t["latent"], t["clip"], t["source"], t["region"]
+            t = {k: f.get_tensor(k).clone() for k in ("latent", "source", "region")}
+        clips = json.loads(meta["clips"])
+        if not isinstance(clips, list) or len(clips) != len(t["source"]):
+            return None
+        return t["latent"], [str(c) for c in clips], t["source"], t["region"]
     except (SafetensorError, OSError, KeyError, ValueError, RuntimeError):
         return None
 
