@@ -190,9 +190,10 @@ def splice(generated: Tensor, ctx: AudioContext, sample_rate: int) -> Tensor:
     """Generated audio [K, 2, S] with `ctx.audio` copied in where `ctx.keep` (equal-power crossfade
     within `crossfade_s` of each boundary, on the keep side, so the generated region is untouched)."""
     width = int(round(ctx.crossfade_s * sample_rate))
-    w = crossfade_gain(ctx.keep.cpu(), width).to(generated.device)
+    s = generated.shape[-1]  # the official sync length rounds N down for some durations: cut to it
+    w = crossfade_gain(ctx.keep[:s].cpu(), width).to(generated.device)
     g = torch.sqrt((1 - w * w).clamp_min(0))
-    ref = ctx.audio.to(generated.device, generated.dtype)
+    ref = ctx.audio[:, :s].to(generated.device, generated.dtype)
     out = generated * g + ref.unsqueeze(0) * w
     # bit-exact copy where w == 1 (w * ref + 0 * gen is already exact; this also clears -0.0 / NaN paths)
     full = w == 1

@@ -351,8 +351,8 @@ class PrismAudioPipeline(nn.Module):
         cfg = self.config.sampling.cfg_scale if cfg_scale is None else float(cfg_scale)
         say = status or (lambda _m: None)
         if context is not None:  # refuse a context that does not fit before planning / encoding
-            if duration is None:
-                duration = self._check_duration(self.clip_duration(probe_video(video).duration))
+            duration = self._check_duration(self.clip_duration(probe_video(video).duration) if duration is None
+                                            else duration)
             context.validate(self.config.sample_rate, round(duration * self.config.sample_rate),
                              self.config.vae.audio_channels)
             if not self.config.dit.audio_context:
