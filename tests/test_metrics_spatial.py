@@ -165,3 +165,127 @@ def test_bewo_fast_frames_equal_reference_frames():
     ref = sp._bewo_window_itd(a[0][idx], a[1][idx])
     assert fast.shape == (3, 513) and torch.equal(fast, ref)
     assert len(set(fast.flatten().tolist())) >= 3  # the lag moves across the frames
+
+
+# ---------------------------------------------------------------- backends, fallback batching, track cache
+
+def _backends():
+    from prismaudio.metrics import _bewo_kernel
+
+    return ["torch"] + (["compiled"] if _bewo_kernel.AVAILABLE else [])
+
+
+def _ref_frames(a, starts):
+    import prismaudio.metrics.spatial as sp
+
+    idx = torch.tensor(starts)[:, None, None] + torch.arange(513)[None, :, None] + torch.arange(3840)[None, None]
+    return sp._bewo_window_itd(a[0][idx], a[1][idx])
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_bewo_backends_equal_reference_frame_for_frame(backend):
+    """All 513 frames (so every chunk boundary of the compiled kernel: 27-frame GEMM chunks, the
+    last frame without a slide) of windows that stress what each backend adds: a loud click that
+    leaves the frame before -100 dB noise (the slide's own float64 error), 16-bit scale samples, a
+    tonal signal whose energy sits in few bins (most bins weak, large bound), a half-sample delay
+    (near ties reach the fallback) and a moving source."""
+    import prismaudio.metrics.spatial as sp
+
+    n = 4352 * 2
+    rng = np.random.default_rng(5)
+    t = np.arange(n) / SR
+    tone = np.sin(2 * np.pi * 1000 * t) + 0.3 * np.sin(2 * np.pi * 2500 * t)
+    click = 1e-5 * rng.standard_normal((2, n))
+    click[:, 100:110] = [[0.9], [0.7]]                                    # leaves frames 110..
+    x = _pink(n, seed=21)
+    cases = {
+        "click then -100 dB": click,
+        "16-bit scale": np.round(np.stack([x, _delayed(x, -7.0)]) * 32767),
+        "tonal, delay 2": np.stack([tone, _delayed(tone, 2.0)]),
+        "half-sample delay": np.stack([x, _delayed(x, 1.5)]),
+        "moving source": np.stack(_moving(n, -9.0, 9.0, seed=22)),
+    }
+    for name, a in cases.items():
+        a = torch.tensor(a, dtype=torch.float32)
+        starts = [0, 3000, n - 4352]
+        fast = sp._bewo_fast_frame_itd(a, starts, backend=backend)
+        ref = _ref_frames(a, starts)
+        assert torch.equal(fast.nan_to_num(9.0), ref.nan_to_num(9.0)), name
+
+
+def test_bewo_compiled_bound_covers_the_reference_error():
+    """The compiled backend's per-frame bound really bounds |cc| of the reference's float32
+    arithmetic minus its own |cc| (what the certification relies on), on weak-bin, tonal signals."""
+    import prismaudio.metrics.spatial as sp
+    from prismaudio.metrics import _bewo_kernel
+
+    if not _bewo_kernel.AVAILABLE:
+        pytest.skip("numba not installed")
+    n = 4352
+    t = np.arange(n) / SR
+    tone = np.sin(2 * np.pi * 440 * t) * np.exp(-t * 8)
+    x = torch.tensor(np.stack([tone, _delayed(tone, 3.3)]), dtype=torch.float32)
+    wins = x[None].double()
+    k = torch.arange(513)
+    e2 = torch.nn.functional.pad((wins * wins).cumsum(-1), (1, 0))
+    norm = (e2[..., k + 3840] - e2[..., k]).clamp_min(0).sqrt()
+    absc, bound = sp._fast_absc_compiled(wins, norm, 1)
+    idx = k[:, None] + torch.arange(3840)[None]
+    pad = (0, 3840)
+    xl = torch.fft.rfft(torch.nn.functional.pad(x[0][idx], pad))
+    xr = torch.fft.rfft(torch.nn.functional.pad(x[1][idx], pad))
+    r = xl * xr.conj()
+    cc = torch.fft.irfft(r / (r.abs() + 1e-20), n=7680)
+    ref = torch.cat([cc[:, -24:], cc[:, :25]], -1).abs().double()
+    err = (ref - absc[0].double()).abs().amax(-1)
+    assert 0 < float(bound[0].min()) and float(bound[0].max()) < 0.05        # informative, not vacuous
+    assert bool((err <= bound[0] + sp._FAST_CC_ERR).all())
+
+
+def test_bewo_reference_arithmetic_is_batch_invariant():
+    """The fallback recomputes frames in batches of `_REDO_BATCH`, the reference in 1026: the float32
+    arithmetic must give bitwise the same per-frame ITD for any batch (else tracks could differ)."""
+    import prismaudio.metrics.spatial as sp
+
+    x = torch.tensor(np.stack(_moving(8000, -4.0, 4.0, seed=9)), dtype=torch.float32)
+    idx = torch.arange(0, 3000, 3)[:, None] + torch.arange(3840)[None]       # 1000 frames
+    full = sp._bewo_window_itd(x[0][idx], x[1][idx])
+    for b in (1, 7, sp._REDO_BATCH):
+        parts = torch.cat([sp._bewo_window_itd(x[0][idx[i:i + b]], x[1][idx[i:i + b]]) for i in range(0, 1000, b)])
+        assert torch.equal(parts, full), b
+
+
+def test_bewo_extreme_amplitude_goes_to_the_reference():
+    import prismaudio.metrics.spatial as sp
+
+    x = _pink(6000, seed=3)
+    a = torch.tensor(np.stack([x, _delayed(x, 2.0)]) * 1e17, dtype=torch.float32)
+    assert torch.equal(itd_track_bewo(a, SR), sp.itd_track_bewo_reference(a, SR))
+
+
+def test_bewo_track_cache_memory_disk_and_gcc_mse(tmp_path):
+    from prismaudio.metrics.bewo_cache import BewoTrackCache, audio_key
+
+    x = _pink(6000, seed=4)
+    ref = torch.tensor(np.stack([x, _delayed(x, 3.0)]), dtype=torch.float32)
+    gens = [torch.tensor(np.stack([x, _delayed(x, d)]), dtype=torch.float32) for d in (1.0, -2.0)]
+    silent = torch.zeros(2, 6000)
+    assert audio_key(ref, SR) != audio_key(ref, SR, frame_stride=2) != audio_key(ref * 0.5, SR)
+    cache = BewoTrackCache(tmp_path / "bewo")
+    plain = [gcc_mse_bewo([ref, silent], [g, g], SR) for g in gens]
+    cached = [gcc_mse_bewo([ref, silent], [g, g], SR, cache=cache) for g in gens]
+    assert plain == cached
+    assert (cache.misses, cache.hits) == (4, 4)              # S + 1 = 3 distinct clips + silent; refs hit
+    files = sorted((tmp_path / "bewo").glob("*.json"))
+    assert len(files) == 4 and not list((tmp_path / "bewo").glob(".tmp-*"))
+    fresh = BewoTrackCache(tmp_path / "bewo")                # a later run: everything from disk
+    t = fresh.track(silent, SR)
+    assert torch.isnan(t).all() and (fresh.hits, fresh.misses) == (1, 0)
+    assert torch.equal(fresh.track(ref, SR), itd_track_bewo(ref, SR))       # exact float64 round trip
+    files[0].write_text("{not json")                          # a corrupt entry is recomputed, not trusted
+    assert BewoTrackCache(tmp_path / "bewo").track(ref, SR).shape == (100,)
+    (tmp_path / "file").write_text("x")
+    from prismaudio.errors import PrismAudioError
+
+    with pytest.raises(PrismAudioError):
+        BewoTrackCache(tmp_path / "file")

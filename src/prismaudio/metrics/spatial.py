@@ -9,9 +9,14 @@ right channel leads.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from .bewo_cache import BewoTrackCache
 
 _FLOOR = 1e-3
 
@@ -125,10 +130,13 @@ def itd_track_bewo(audio, sr: int, frame_stride: int = 1) -> Tensor:
     k-th of the 513 frames, always including the last) for speed; 1 is the exact protocol.
 
     Speed: with `frame_stride=1` the frames go through `_bewo_fast_frame_itd` (sliding spectra, one
-    matrix product for the 49 lags; 3-4x less CPU than `itd_track_bewo_reference`, measured in
-    benchmarks/bench_metrics.py); every frame whose argmax that path cannot certify is recomputed
-    by the original float32 arithmetic, so the track is exactly the one of
-    `itd_track_bewo_reference` (argmax-equal per frame, the means bitwise; see `_bewo_fast_frame_itd`).
+    matrix product for the 49 lags; with numba installed a compiled kernel, 11-13x less CPU than
+    `itd_track_bewo_reference`, without it 3-4x; measured by benchmarks/bench_metrics.py --bewo-only);
+    every frame whose argmax that path cannot certify is recomputed by the original float32
+    arithmetic, so the track is exactly the one of `itd_track_bewo_reference` (argmax-equal per
+    frame, the means bitwise; see `_bewo_fast_frame_itd`). Audio that is not finite or beyond
+    1e15 (outside the range the fast path's float32 normalisation is accounted for) goes to the
+    reference as a whole.
     """
     if int(frame_stride) != 1:
         return itd_track_bewo_reference(audio, sr, frame_stride)
@@ -138,6 +146,8 @@ def itd_track_bewo(audio, sr: int, frame_stride: int = 1) -> Tensor:
             return torch.zeros(BEWO_N_EST, dtype=torch.float64)
         raise ValueError(reason)
     x = _to_16k(x, sr)
+    if not bool(torch.isfinite(x).all()) or float(x.abs().max()) > 1e15:
+        return itd_track_bewo_reference(x, BEWO_SR)
     if x.shape[-1] < BEWO_WIN:
         x = torch.nn.functional.pad(x, (0, BEWO_WIN - x.shape[-1]))
     starts = bewo_window_starts(x.shape[-1])
@@ -478,18 +488,24 @@ def _load_any(a, sr: int):
     return a, sr
 
 
-def gcc_mse_bewo(ref_audios, gen_audios, sr: int, frame_stride: int = 1, return_details: bool = False):
+def gcc_mse_bewo(ref_audios, gen_audios, sr: int, frame_stride: int = 1, return_details: bool = False,
+                 cache: BewoTrackCache | None = None):
     """BEWO GCC MSE between paired reference and generated clips (tensors [2, S] or file paths):
     per file the mean of its 100 ITDs (s), squared difference, mean over files, x1000 as reported.
-    Files whose mean is NaN (silent) are skipped and listed in the details; NaN if none is left."""
+    Files whose mean is NaN (silent) are skipped and listed in the details; NaN if none is left.
+
+    `cache` (a `bewo_cache.BewoTrackCache`, shared by the calls for the S systems of one evaluation,
+    optionally backed by a directory) computes each distinct clip's track once: S + 1 tracks per
+    clip instead of 2 S, the values unchanged."""
     refs, gens = list(ref_audios), list(gen_audios)
     if len(refs) != len(gens):
         raise ValueError(f"{len(refs)} reference vs {len(gens)} generated clips")
+    track = itd_track_bewo if cache is None else cache.track
     ref_m, gen_m, skipped = [], [], []
     for i, (r, g) in enumerate(zip(refs, gens)):
         (ra, rsr), (ga, gsr) = _load_any(r, sr), _load_any(g, sr)
-        mr = float(torch.nanmean(itd_track_bewo(ra, rsr, frame_stride)))
-        mg = float(torch.nanmean(itd_track_bewo(ga, gsr, frame_stride)))
+        mr = float(torch.nanmean(track(ra, rsr, frame_stride)))
+        mg = float(torch.nanmean(track(ga, gsr, frame_stride)))
         ref_m.append(mr)
         gen_m.append(mg)
         if not (np.isfinite(mr) and np.isfinite(mg)):
