@@ -4,11 +4,13 @@
    system (the reference audio delayed by 60 ms, every other clip with its channels swapped, so no
    metric is trivially zero) plus the GT row, every column the offline judges produce, GCC in
    `paper` mode; the exact BEWO GCC track is timed separately on a subset and extrapolated.
-2. BEWO GCC (`--spatial-mode bewo`): seconds per clip of the original implementation
+2. BEWO GCC (`--spatial-mode bewo`): seconds per track of the original implementation
    (`itd_track_bewo_reference`, three float32 FFTs per frame) and of the fast exact one
-   (`itd_track_bewo`), same clips, same run, alternating; identity of the two tracks (bitwise, NaN
-   where silent) on every clip, and how many frames the fast path handed back to the reference
-   arithmetic. `--bewo-only` runs just this part (default: 20 clips of the corpus).
+   (`itd_track_bewo`: the numba backend when installed, and the torch backend on the same clip),
+   same clips, same run, interleaved; identity (max |diff| of the tracks: 0.0, NaN where silent on
+   both sides) on every clip, how many frames the fast path handed back to the reference
+   arithmetic, and the projected time of 1,000 clips of 4 s for one system, with and without the
+   reference-track cache. `--bewo-only` runs just this part (default: 20 clips of the corpus).
 3. The four rewards (semantic, temporal, aesthetic, spatial) on a group of 16 clips vs the time the
    `mini` DiT takes to sample those 16 clips with 24 steps and CFG (random weights: same FLOPs).
 
@@ -82,10 +84,21 @@ def bench_evaluate(corpus: Path, n: int, judges: Path) -> dict:
             "markdown": report.to_markdown()}
 
 
-def bench_bewo(corpus: Path, n: int) -> dict:
-    """Original vs fast exact BEWO track on n clips: seconds per clip (wall and process CPU) and identity."""
+def _track_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| over the track, inf where exactly one side is NaN (silent window), 0 where both are."""
+    if not torch.equal(torch.isnan(a), torch.isnan(b)):
+        return float("inf")
+    ok = ~torch.isnan(a)
+    return float((a[ok] - b[ok]).abs().max()) if bool(ok.any()) else 0.0
+
+
+def bench_bewo(corpus: Path, n: int, with_torch_backend: bool = True) -> dict:
+    """Original vs fast exact BEWO track on n clips, same process, interleaved per clip: seconds per
+    track (wall and process CPU), ratio, identity (max |diff| of the tracks, must be 0.0), frames
+    handed back to the reference arithmetic, and the projected time of 1,000 clips of 4 s."""
     import prismaudio.metrics.spatial as sp
     from prismaudio.io.audio import load_audio
+    from prismaudio.metrics import _bewo_kernel
 
     rows = [json.loads(line) for line in (corpus / "manifest.jsonl").read_text().splitlines() if line.strip()][:n]
     redone: list[int] = []
@@ -95,8 +108,12 @@ def bench_bewo(corpus: Path, n: int) -> dict:
         redone.append(left.shape[0])
         return reference_frames(left, right)
 
-    t_ref = t_fast = c_ref = c_fast = 0.0
-    identical, frames, redo, per_clip = 0, 0, 0, []
+    backend = "compiled" if _bewo_kernel.AVAILABLE else "torch"
+    if rows:  # compile / warm up outside the timings
+        a0, sr0 = load_audio(corpus / rows[0]["audio"], sample_rate=None, channels=None)
+        sp.itd_track_bewo(a0[:, :16000], sr0)
+    t_ref = t_fast = c_ref = c_fast = t_torch = c_torch = 0.0
+    identical, frames, redo, max_diff, max_diff_torch, per_clip = 0, 0, 0, 0.0, 0.0, []
     for r in rows:
         audio, sr = load_audio(corpus / r["audio"], sample_rate=None, channels=None)
         w, c = time.perf_counter(), time.process_time()
@@ -112,21 +129,48 @@ def bench_bewo(corpus: Path, n: int) -> dict:
         finally:
             sp._bewo_window_itd = reference_frames
         t_fast, c_fast = t_fast + fw, c_fast + fc
-        same = bool(torch.equal(torch.isnan(ref), torch.isnan(fast)) and torch.equal(ref.nan_to_num(9.0), fast.nan_to_num(9.0)))
-        identical += same
+        diff = _track_diff(ref, fast)
+        max_diff = max(max_diff, diff)
+        identical += diff == 0.0
         n_frames = len(set(sp.bewo_window_starts(audio.shape[-1] * 16000 // sr))) * (sp.BEWO_WIN - sp.BEWO_FRAME + 1)
         frames += n_frames
         redo += sum(redone)
-        per_clip.append({"id": r["id"], "reference_s": round(dw, 3), "fast_s": round(fw, 3), "identical": same,
-                         "frames": n_frames, "frames_recomputed": sum(redone)})
+        clip = {"id": r["id"], "reference_s": round(dw, 3), "fast_s": round(fw, 3), "max_abs_diff": diff,
+                "frames": n_frames, "frames_recomputed": sum(redone)}
+        if with_torch_backend and backend == "compiled":  # the path without numba, same clip
+            orig = sp._bewo_fast_frame_itd
+            sp._bewo_fast_frame_itd = lambda x, s: orig(x, s, backend="torch")
+            try:
+                w, c = time.perf_counter(), time.process_time()
+                tb = sp.itd_track_bewo(audio, sr)
+                t_torch, c_torch = t_torch + time.perf_counter() - w, c_torch + time.process_time() - c
+            finally:
+                sp._bewo_fast_frame_itd = orig
+            clip["torch_backend_max_abs_diff"] = _track_diff(ref, tb)
+            max_diff_torch = max(max_diff_torch, clip["torch_backend_max_abs_diff"])
+        per_clip.append(clip)
     k = max(len(rows), 1)
-    return {"n_clips": len(rows), "threads": torch.get_num_threads(),
-            "reference_s_per_clip": round(t_ref / k, 3), "fast_s_per_clip": round(t_fast / k, 3),
-            "speedup_wall": round(t_ref / max(t_fast, 1e-9), 2),
-            "reference_cpu_s_per_clip": round(c_ref / k, 3), "fast_cpu_s_per_clip": round(c_fast / k, 3),
-            "speedup_cpu": round(c_ref / max(c_fast, 1e-9), 2),
-            "identical_tracks": f"{identical}/{len(rows)}", "frames": frames, "frames_recomputed": redo,
-            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None, "per_clip": per_clip}
+    cpu_track = c_fast / k
+    out = {"n_clips": len(rows), "threads": torch.get_num_threads(), "backend": backend,
+           "reference_s_per_track": round(t_ref / k, 3), "fast_s_per_track": round(t_fast / k, 3),
+           "speedup_wall": round(t_ref / max(t_fast, 1e-9), 2),
+           "reference_cpu_s_per_track": round(c_ref / k, 3), "fast_cpu_s_per_track": round(cpu_track, 3),
+           "speedup_cpu": round(c_ref / max(c_fast, 1e-9), 2),
+           "identical_tracks": f"{identical}/{len(rows)}", "max_abs_track_diff": max_diff,
+           "frames": frames, "frames_recomputed": redo,
+           # one system, 1,000 clips of 4 s: a reference and a generated track per clip, or only the
+           # generated one when the reference tracks come from the cache (bewo_cache, a warm directory);
+           # "2 cores": CPU seconds / 2 (the windows of a track run on a 2-thread pool)
+           "projected_1000_clips_s": {
+               "no_cache_1_core": round(2000 * t_fast / k, 1), "no_cache_2_cores": round(2000 * cpu_track / 2, 1),
+               "ref_cached_1_core": round(1000 * t_fast / k, 1), "ref_cached_2_cores": round(1000 * cpu_track / 2, 1),
+               "reference_impl_no_cache_2_cores": round(2000 * (c_ref / k) / 2, 1)},
+           "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None, "per_clip": per_clip}
+    if with_torch_backend and backend == "compiled":
+        out.update({"torch_backend_s_per_track": round(t_torch / k, 3), "torch_backend_cpu_s_per_track": round(c_torch / k, 3),
+                    "torch_backend_speedup_cpu": round(c_ref / max(c_torch, 1e-9), 2),
+                    "torch_backend_max_abs_track_diff": max_diff_torch})
+    return out
 
 
 def bench_rewards(corpus: Path, judges: Path) -> dict:
@@ -178,6 +222,7 @@ def main() -> int:
     ap.add_argument("--bewo-only", action="store_true", help="only the BEWO before/after part")
     ap.add_argument("--bewo-n", type=int, default=20, help="clips for the BEWO before/after part")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--no-torch-backend", action="store_true", help="BEWO part: skip timing the torch backend")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -187,7 +232,7 @@ def main() -> int:
         subprocess.run([sys.executable, "-m", "prismaudio.cli", "synth", "--out", str(corpus), "--n", str(n),
                         "--workers", "2", "--quiet"], check=True)
     out = {"threads": torch.get_num_threads()}
-    out["bewo"] = bench_bewo(corpus, args.bewo_n)
+    out["bewo"] = bench_bewo(corpus, args.bewo_n, with_torch_backend=not args.no_torch_backend)
     print(json.dumps({k: v for k, v in out["bewo"].items() if k != "per_clip"}, indent=2), flush=True)
     if args.bewo_only:
         dst = ROOT / "runs" / "bench_bewo.json"
