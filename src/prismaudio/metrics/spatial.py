@@ -234,22 +234,25 @@ def _bewo_fast_frame_itd(x: Tensor, starts: list[int], backend: str | None = Non
 
     Why it is the same and not an approximation: the spectra here are float64 (sliding, exact
     algebra), the reference's are float32 FFTs. A frame's argmax is taken from this path only when
-    the gap between its two largest |cc| is more than twice a bound on how far either path's |cc|
-    can be from the exact value; the bound is per frame, from its own spectrum:
-    sum over bins of min(2, 2 c eps ||frame|| (1/|X_L| + 1/|X_R|)) / 7680 (bins far below the frame's
-    level are where a float32 FFT's phase is noise), plus a constant for the remaining roundings.
-    Every other frame (near ties, exact ties, near-empty frames) is recomputed by `_bewo_window_itd`
-    itself, so its argmax is the reference's, tie-breaking included.
+    the gap between its two largest |cc| is more than 2 (bound + `_FAST_CC_ERR`), the bound being on
+    how far this path's |cc| can be from the reference's at any lag; it is per frame, from the
+    frame's own spectrum: (2/7680) sum over bins of min(2, k (1/|X_L| + 1/|X_R|)) with
+    k = 2 c eps ||frame|| (bins far below the frame's level are where a float32 FFT's phase is
+    noise; |P| <= 1 on both sides gives the 2), and `_FAST_CC_ERR` for the reference's remaining
+    roundings. Every other frame (near ties, exact ties, near-empty frames) is recomputed by
+    `_bewo_window_itd` itself, so its argmax is the reference's, tie-breaking included.
 
     The constant c (`_FAST_BIN_ERR` = 40) is calibrated, not a proven worst case: on 16,184 corpus
     frames the reference's largest |cc| error (up to 1.3e-3, from weak bins) stayed below half of this
-    bound; identity is verified on 20 corpus clips (400,140 frames, 0.8% recomputed) and on
+    bound; identity is verified on 20 corpus clips (400,140 frames, 0.9% recomputed) and on
     band-limited, tonal, moving-source, click and -80 dB test signals (tests/test_metrics_spatial.py,
-    benchmarks/bench_metrics.py --bewo-only).
+    benchmarks/bench_metrics.py --bewo-only). Given that per-bin model, everything this path adds
+    is accounted in the worst case (see the backends).
 
-    Two backends compute the same |cc| and bound (`backend`: None = "compiled" when numba is
-    installed, else "torch"): `_fast_absc_compiled` (one fused float64 pass per frame, see there)
-    and `_fast_absc_torch`; the certification and the recomputation below are shared.
+    Two backends (`backend`: None = "compiled" when numba is installed, else "torch"):
+    `_fast_absc_compiled` (fused numba kernel + blocked float32 GEMM; its bound adds its own
+    slide and GEMM roundings) and `_fast_absc_torch` (torch ops; the looser per-channel form
+    min(2, k/|X_L|) + min(2, k/|X_R|)). The certification and the recomputation are shared.
     """
     n, fr, m = BEWO_NFFT, BEWO_FRAME, BEWO_MAXLAG
     nf = BEWO_WIN - BEWO_FRAME + 1
@@ -433,11 +436,17 @@ def _fast_absc_compiled(wins: Tensor, norm: Tensor, threads: int) -> tuple[Tenso
     cross-spectrum, certification sum, slide) and a float32 GEMM per chunk of 27 frames, summed in
     8 blocks of 241 bins.
 
-    Certification, compared with the torch backend: the per-bin error scale is kappa ||frame|| (the
-    reference's float32 FFT, as there) plus twice `_slide_error` (this path's own float64 error in
-    X), so min(2, k / |X|) bounds |P_ours - P_ref| per channel; the terms are float32 and summed in
-    float32 (<= 1e-4 relative), hence the factor 1.001. This path's remaining roundings are bounded
-    in the worst case by `_COMPILED_OWN_ERR` (float32 GEMM and normalisation), added to the bound."""
+    Certification terms (the argument of `_bewo_fast_frame_itd`, each addition a worst case):
+    - per bin, k = kappa ||frame|| (the reference's float32 FFT, as in the torch backend) plus
+      2 `_slide_error` (this path's own float64 error in X), so per channel |u_ours - u_ref| <=
+      min(2, k / |X|) for u = X / |X|, and |P_ours - P_ref| <= min(2, k (1/|X_L| + 1/|X_R|))
+      since P = u_L conj(u_R) and |P| <= 1 on both sides (it is this tighter sum that the kernel
+      takes; 1/|X| from |X|^2 in float64, then IEEE float32 sqrt and division);
+    - the terms are float32, their sum float32 per tile then float64 (<= 1e-4 relative): x 1.001;
+    - this path's remaining roundings, float32 normalisation and the float32 GEMM summed in blocks
+      of 241 (the GEMM's own order does not matter for a gamma_n bound): `_COMPILED_OWN_ERR`,
+      added to the bound. Bins below |X|^2 = 1e-30 are clamped: their term is then 2 (k > 4e-12
+      for any frame not recomputed as near-empty), and |P_ours| <= 1 still holds."""
     from ._bewo_kernel import CHUNK, KB, NBLK, Q, ROWS, slide_chunk
 
     t, const = _compiled_tables()
