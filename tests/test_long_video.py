@@ -65,20 +65,24 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # ------------------------------------------------------------------------------ window layout
-@pytest.mark.parametrize("total,window,overlap,hop", [
-    (96000, 16000, 4000, 128), (96001, 32000, 8000, 128), (16001, 16000, 4000, 128),
-    (100003, 16000, 0, 1), (70000, 32000, 15999, 512), (33000, 16000, 4000, 128),
+@pytest.mark.parametrize("total,window,overlap,grid", [
+    (96000, 16000, 4000, 640), (96001, 32000, 8000, 640), (16641, 16000, 4000, 640),
+    (100003, 16000, 0, 1), (70000, 32000, 15999, 512), (33000, 16000, 4000, 128), (960000, 64000, 16000, 640),
 ])
-def test_windows_cover_the_track_evenly(total: int, window: int, overlap: int, hop: int) -> None:
-    ws = plan_windows(total, window, overlap, hop)
-    assert ws[0].start == 0 and ws[0].keep == 0 and ws[-1].end == total  # first at 0, last aligned to the end
-    assert all(w.length == window for w in ws)  # never a tiny last window
+def test_windows_cover_the_track_evenly(total: int, window: int, overlap: int, grid: int) -> None:
+    ws = plan_windows(total, window, overlap, grid)
+    assert ws[0].start == 0 and ws[0].keep == 0 and ws[-1].end == total  # first at 0, the last ends at the end
+    assert all(w.length == window for w in ws[:-1]) and window <= ws[-1].length < window + grid  # no tiny window
     for a, b in zip(ws, ws[1:]):
         assert b.keep == a.end - b.start >= overlap  # every overlap at least the requested one
-        assert b.start > a.start and b.keep < window  # progress, every window adds new samples
-    assert all(w.start % hop == 0 for w in ws[:-1])
-    stride = window - overlap
-    assert len(ws) == 1 + -(-(total - window) // stride)  # no more windows than needed
+        assert b.start > a.start and b.keep < a.length  # progress, every window adds new samples
+    assert all(w.start % grid == 0 for w in ws)  # on the frame grid: frames stay in phase with the audio
+    stride = (window - overlap) // grid
+    assert len(ws) == 1 + -(-((total - window) // grid) // stride)  # no more windows than needed
+
+
+def test_a_track_less_than_a_grid_step_over_is_one_window() -> None:
+    assert plan_windows(16100, 16000, 4000, 640) == [longform.Window(0, 0, 16100, 0)]
 
 
 def test_one_window_when_the_track_fits() -> None:
@@ -209,7 +213,8 @@ def test_odd_frame_count_and_rate(pipe: PrismAudioPipeline, tmp_path: Path) -> N
     info = probe_video(video)
     r = generate_long(pipe, video, steps=1, planner=None, config=LongformConfig(window_s=1.7, overlap_s=0.3))
     assert r.audio.shape == (2, round(info.duration * SR))
-    assert r.windows[-1].end == r.audio.shape[1] and all(w.length == round(1.7 * SR) for w in r.windows)
+    assert r.windows[-1].end == r.audio.shape[1] and all(w.length == round(1.7 * SR) for w in r.windows[:-1])
+    assert all(w.start % 640 == 0 for w in r.windows)  # the 25 fps sync frames of every window in phase
 
 
 def test_per_window_plans_offline_and_given(pipe: PrismAudioPipeline, video6: Path) -> None:
@@ -303,3 +308,15 @@ def test_cli_cap_is_one_line_exit_2_nothing_written(extra: list[str], msg: str, 
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "note:" not in line]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("prismaudio: error:") and msg in lines[0], lines
     assert not out.exists()
+
+
+def test_seam_mode_follows_the_network(video6: Path) -> None:
+    plain = PrismAudioPipeline.from_preset("tiny", seed=0)  # no audio-context conditioning
+    auto = generate_long(plain, video6, steps=1, planner=None, config=LongformConfig(window_s=2.0))
+    forced = generate_long(plain, video6, steps=1, planner=None, config=LongformConfig(window_s=2.0, use_context=True))
+    assert auto.seams == "crossfade" and forced.seams == "replace"
+    w = forced.windows[1]
+    assert torch.equal(forced.audio[:, : w.start], auto.audio[:, : w.start])  # the first window alone: same audio
+    # in the overlap the crossfade mixes in the second window, the context keeps the first one's audio
+    overlap = slice(w.start, w.start + w.keep - 320)
+    assert not torch.equal(forced.audio[:, overlap], auto.audio[:, overlap])

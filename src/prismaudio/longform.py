@@ -2,16 +2,20 @@
 "extend" used as a sliding window).
 
 A model is trained on clips of `config.duration` seconds (4 s for `mini`, 9 s for `paper`); a
-longer video is cut into windows of that length that overlap by `overlap_s`. Windows are spread
-evenly (every overlap >= the requested one, the last window ends exactly at the video's end), so
-no window is a tiny remainder. Window k > 0 continues the track made so far:
+longer video is cut into windows of that length that overlap by at least `overlap_s`. Windows are
+spread evenly (the last one ends exactly at the video's end, so no window is a tiny remainder) and
+start on the sync encoder's frame grid, so every window sees its frames in phase with its audio.
+Window k > 0 continues the track made so far:
 
-* with audio-context conditioning (`DiTConfig.audio_context`, `prismaudio.context`), it gets
-  `AudioContext(audio = the track's samples in the overlap, keep = the overlap)`: the model hears
-  the previous window's tail and the output there equals it (sample-exact away from the context's
-  crossfade), so the seam continues the sound instead of joining two independent clips;
-* without it (e.g. the official `paper` network), the two windows are joined by an equal-power
-  crossfade over the overlap.
+* with audio-context conditioning (`DiTConfig.audio_context`, `prismaudio.context`, the default
+  whenever the network has it), it gets `AudioContext(audio = the track's samples in the overlap,
+  keep = the overlap)`: the model hears the previous window's tail, and the output there equals
+  it sample for sample up to a short linear fade before the seam, so the seam continues the sound
+  instead of joining two independent clips;
+* without it (e.g. the official `paper` network, or the shipped `mini` before its retraining) the
+  two windows are joined by an equal-power crossfade over the overlap. `use_context=True` forces the
+  context anyway: such a network then only gets the RePaint-style replacement of the kept latent
+  frames, whose seams measured rougher than the crossfade's (benchmarks/bench_long_video.py).
 
 Memory stays bounded: frames are streamed per window (`io.video.FrameWindows`: seek + decode of
 the window only, never the whole video) and only the output track [2, S] grows with the length
@@ -63,13 +67,15 @@ class Window:
         return self.start / sample_rate, self.end / sample_rate
 
 
-def plan_windows(total: int, window: int, overlap: int, hop: int = 1) -> list[Window]:
+def plan_windows(total: int, window: int, overlap: int, grid: int = 1) -> list[Window]:
     """Windows of `window` samples covering [0, total) with overlaps >= `overlap`.
 
-    K = 1 + ceil((total - window) / (window - overlap)) windows; their starts are spread evenly
-    between 0 and total - window (each rounded down to a multiple of `hop`, the latent hop, so a
-    context's keep region covers whole latent frames; the last start is total - window exactly).
-    A track no longer than one window is a single window of `total` samples.
+    Starts lie on a grid of `grid` samples (the sync encoder's frame period: a window starting
+    between two frames would shift every frame the encoders see against the audio by up to half a
+    frame, a systematic onset error), spread evenly from 0 to the last grid point before
+    total - window, with K = 1 + ceil(span / stride) windows (span and stride in whole grid steps),
+    so no window is a tiny remainder. The last window runs to `total`: up to grid - 1 samples
+    longer than the others. A track no longer than one window is a single window of `total` samples.
     """
     if total <= 0 or window <= 0:
         raise PrismAudioError(f"cannot cut {total} samples into windows of {window}")
@@ -77,15 +83,25 @@ def plan_windows(total: int, window: int, overlap: int, hop: int = 1) -> list[Wi
         raise PrismAudioError(f"the overlap ({overlap} samples) must be shorter than the window ({window})")
     if total <= window:
         return [Window(0, 0, total, 0)]
-    stride = window - overlap
-    count = 1 + math.ceil((total - window) / stride)
-    span = total - window
-    starts = [(span * k // (count - 1)) // hop * hop for k in range(count - 1)] + [span]
+    grid = max(1, int(grid))
+    if (window - overlap) // grid < 1:  # the grid is coarser than the stride: give it up
+        grid = 1
+    stride_g, span_g = (window - overlap) // grid, (total - window) // grid
+    if span_g == 0:  # less than one grid step longer than a window: one slightly longer window
+        return [Window(0, 0, total, 0)]
+    count = 1 + math.ceil(span_g / stride_g)
+    starts = [span_g * k // (count - 1) * grid for k in range(count)]
     out: list[Window] = []
-    for k, s in enumerate(starts):
-        keep = 0 if k == 0 else out[-1].end - s
-        out.append(Window(k, s, window, keep))
+    for k, st in enumerate(starts):
+        length = window if k < count - 1 else total - st
+        out.append(Window(k, st, length, 0 if k == 0 else out[-1].end - st))
     return out
+
+
+def frame_grid(pipe: "PrismAudioPipeline") -> int:
+    """The sync encoder's frame period in samples (640 at 16 kHz / 25 fps), 1 when not whole."""
+    period = pipe.config.sample_rate / pipe.sync_encoder.frame_spec().fps
+    return round(period) if abs(period - round(period)) < 1e-6 and period >= 1 else 1
 
 
 @dataclass
@@ -95,7 +111,9 @@ class LongformConfig:
     window_s: float | None = None  # the model's trained duration (`config.duration`)
     overlap_s: float | None = None  # DEFAULT_OVERLAP of the window
     max_duration_s: float = MAX_LONG_DURATION  # safety cap: longer videos are refused in one line
-    use_context: bool | None = None  # None: the audio context (always available now); False: crossfade only
+    # None: the audio context when the network is conditioned on it (`dit.audio_context`), else a
+    # crossfade; True: the context in any case (RePaint-style replacement without conditioning); False: crossfade
+    use_context: bool | None = None
     crossfade_s: float = 0.02  # the linear fade from the kept to the generated audio before each seam
 
 
@@ -308,7 +326,8 @@ def generate_long(
     if not (0 <= overlap_s < window_s and math.isfinite(overlap_s)):
         raise PrismAudioError(f"the overlap ({overlap_s:g} s) must be >= 0 and shorter than the window ({window_s:g} s)")
     total = round(total_s * sr)
-    windows = plan_windows(total, round(window_s * sr), round(overlap_s * sr), pipe.config.vae.downsampling_ratio)
+    pipe._require_encoders()
+    windows = plan_windows(total, round(window_s * sr), round(overlap_s * sr), frame_grid(pipe))
     if len(windows) == 1:  # one window: exactly the single-pass path
         r = pipe.generate(video, cot=cot, duration=total_s, seed=seed, steps=steps, cfg_scale=guidance, progress=None,
                           planner=planner, planner_options=planner_options, caption=caption, cot_style=cot_style,
@@ -316,11 +335,13 @@ def generate_long(
         if progress is not None:
             progress(1, 1)
         return LongGenerationResult(r.audio, r.sample_rate, r.duration, windows, [r.cot], [r.plan], "none", video)
-    use_context = context_available(pipe) if cfg.use_context is None else bool(cfg.use_context)
+    # auto: the audio context where the network is conditioned on it; a network without it only gets
+    # the RePaint-style replacement, whose seams measured rougher than a crossfade (bench_long_video)
+    conditioned = bool(getattr(pipe.config.dit, "audio_context", False))
+    use_context = (conditioned and context_available(pipe)) if cfg.use_context is None else bool(cfg.use_context)
     if use_context and not context_available(pipe):
         raise PrismAudioError("this pipeline's sampler takes no audio context; its windows can only be crossfaded")
     seams = seam_mode(pipe, use_context)
-    pipe._require_encoders()
     planning = _WindowPlanner(pipe, video, cot, planner, planner_options, caption, cot_style, info)
     specs = [pipe.video_encoder.frame_spec(), pipe.sync_encoder.frame_spec()]
     window_dur = windows[0].length / sr
