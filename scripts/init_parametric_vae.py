@@ -1,4 +1,6 @@
-"""Start a parametric-stereo `mini` model from a trained stereo one (issue 17, stage 0b).
+"""Start a parametric-stereo `mini` model (issue 17, stage 0b): `--codec oobleck` from a trained stereo
+one, as below; `--codec spectral` with a freshly initialised spectral codec (`model/spectral.py`), whose
+config (width, latent) comes from --from's model.
 
 The new autoencoder's learned part is the old one made mono: the encoder's first convolution sees
 the mid signal where the stereo one saw L and R (for a centred source L = R = mid, so its mono
@@ -35,6 +37,9 @@ def main() -> int:
     ap.add_argument("--from", dest="src", required=True, help="a model directory with a stereo mini VAE")
     ap.add_argument("--out", required=True)
     ap.add_argument("--bands", type=int, default=7, help="ILD bands (latent gets bands + 1 spatial channels)")
+    ap.add_argument("--codec", choices=("oobleck", "spectral"), default="oobleck",
+                    help="oobleck: the mono core of --from's VAE; spectral: a fresh model/spectral.py codec")
+    ap.add_argument("--width", type=int, default=192, help="spectral codec width (ConvNeXt channels)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     try:
@@ -46,8 +51,14 @@ def main() -> int:
         ratio = cfg.vae.downsampling_ratio
         cfg.vae.stereo_hop = min(cfg.vae.stereo_hop, ratio // 2)  # two STFT frames per latent frame at least
         cfg.vae.stereo_n_fft = min(cfg.vae.stereo_n_fft, 4 * cfg.vae.stereo_hop)
+        if args.codec == "spectral":
+            cfg.vae.codec, cfg.vae.channels = "spectral", args.width
         cfg.dit.io_channels = cfg.vae.latent_channels
         new = PrismAudioPipeline.from_config(cfg, seed=args.seed)
+        if args.codec == "spectral":
+            new.save_pretrained(args.out)
+            print(f"wrote {args.out}: spectral codec, latent {cfg.vae.latent_dim} + {args.bands + 1} spatial channels")
+            return 0
         old_state = src.vae.state_dict()
         new_state = new.vae.state_dict()
         for k, v in old_state.items():

@@ -66,6 +66,12 @@ class VAEConfig:
     use_snake: bool = True
     final_tanh: bool = False
     latent_scale: float = 1.0  # encode returns z / scale, decode multiplies by scale (official: 1)
+    # The learned codec: "oobleck" (the official network) or "spectral" (`model/spectral.py`: STFT frames,
+    # ConvNeXt blocks of width `channels`, `spec_depth` blocks; only the product of `strides` is used).
+    codec: str = "oobleck"
+    spec_n_fft: int = 512
+    spec_hop: int = 128
+    spec_depth: int = 4
     # Parametric stereo (`model/stereo.py`; 0 = off, the official layout): the learned codec sees only the
     # mid signal and `stereo_bands` ILDs + one ITD per latent frame ride along as extra latent channels.
     stereo_bands: int = 0
@@ -273,6 +279,10 @@ def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
         raise PrismAudioError(f"config.sampling.duration_rule must be one of {', '.join(DURATION_RULES)}, "
                               f"got {cfg.sampling.duration_rule!r}")
     v = cfg.vae
+    if v.codec not in ("oobleck", "spectral") or (v.codec == "spectral" and (
+            v.downsampling_ratio % v.spec_hop or v.spec_n_fft < v.spec_hop or v.spec_depth < 1)):
+        raise PrismAudioError("config.vae: codec must be oobleck or spectral (spectral: spec_hop divides the "
+                              "downsampling ratio, spec_n_fft >= spec_hop, spec_depth >= 1)")
     if v.stereo_bands < 0 or (v.stereo_bands and (v.audio_channels != 2 or v.stereo_max_itd <= 0
                                                   or v.downsampling_ratio % v.stereo_hop)):
         raise PrismAudioError("config.vae: parametric stereo needs stereo_bands >= 1, audio_channels 2, "

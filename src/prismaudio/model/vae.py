@@ -307,7 +307,7 @@ class OobleckVAE(nn.Module):
 
     def __init__(self, cfg: VAEConfig) -> None:
         super().__init__()
-        if any(s % 2 for s in cfg.strides):
+        if cfg.codec == "oobleck" and any(s % 2 for s in cfg.strides):
             # k = 2s, p = ceil(s/2) only inverts lengths exactly (L/s down, L·s up) for even s.
             raise PrismAudioError(f"VAE strides must be even for exact length inversion, got {cfg.strides}")
         self.cfg = cfg
@@ -320,8 +320,14 @@ class OobleckVAE(nn.Module):
             core = dataclasses.replace(cfg, audio_channels=1)
             self.stereo = ParametricStereo(cfg.stereo_bands, cfg.downsampling_ratio, cfg.stereo_n_fft,
                                            cfg.stereo_hop, cfg.stereo_max_itd, cfg.stereo_lowest_band)
-        self.encoder = OobleckEncoder(core)
-        self.decoder = OobleckDecoder(core)
+        if cfg.codec == "spectral":
+            from .spectral import SpectralDecoder, SpectralEncoder
+
+            self.encoder: nn.Module = SpectralEncoder(core)
+            self.decoder: nn.Module = SpectralDecoder(core)
+        else:
+            self.encoder = OobleckEncoder(core)
+            self.decoder = OobleckDecoder(core)
 
     @property
     def downsampling_ratio(self) -> int:
