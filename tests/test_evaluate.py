@@ -47,7 +47,7 @@ def setup(tmp_path_factory):
         else:
             shutil.copy(src, root / "odd" / f"{r['id']}.wav")
     report, res = evaluate(manifest, {n: root / n for n in ("copy", "mono", "odd")}, split="all",
-                           bewo_frame_stride=32, progress=False, judges_dir=root / "judges")
+                           spatial_mode="paper", bewo_frame_stride=32, progress=False, judges_dir=root / "judges")
     return root, manifest, rows, report, res
 
 

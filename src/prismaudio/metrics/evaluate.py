@@ -234,7 +234,11 @@ class _Clip:
 
 class _Evaluator:
     def __init__(self, backends: BackendSet, spatial_mode: str, bewo_frame_stride: int,
-                 include_gt: bool, judges_dir: str | os.PathLike | None) -> None:
+                 include_gt: bool, judges_dir: str | os.PathLike | None,
+                 bewo_cache_dir: str | os.PathLike | None = None) -> None:
+        from .bewo_cache import BewoTrackCache
+
+        self.bewo_cache = BewoTrackCache(bewo_cache_dir)  # reference tracks: once per content (and run)
         self.bs = backends
         self.b = backends.objs
         self.names = backends.names
@@ -257,9 +261,7 @@ class _Evaluator:
 
     # ---- per-audio features (reused between the reference and the systems)
     def bewo_mean(self, c: _Clip) -> float:
-        from .spatial import itd_track_bewo
-
-        return float(torch.nanmean(itd_track_bewo(c.audio, c.sr, frame_stride=self.stride)))
+        return float(torch.nanmean(self.bewo_cache.track(c.audio, c.sr, frame_stride=self.stride)))
 
     def crw_mean(self, c: _Clip) -> float:
         t = torch.as_tensor(self.b["crw"].itd_track(c.audio, c.sr)).double()
@@ -439,8 +441,9 @@ def evaluate(
     real_config: RealConfig | Mapping[str, Any] | None = None,
     split: str | None = "test",
     limit: int | None = None,
-    spatial_mode: str = "paper",
+    spatial_mode: str = "bewo",
     bewo_frame_stride: int = 1,
+    bewo_cache_dir: str | os.PathLike | None = None,
     include_gt: bool = True,
     progress: bool = True,
     judges_dir: str | os.PathLike | None = None,
@@ -484,7 +487,7 @@ def evaluate(
         systems[str(name)] = p
 
     backends = build_backends(judges, real_config, judges_dir)
-    ev = _Evaluator(backends, spatial_mode, bewo_frame_stride, include_gt, judges_dir)
+    ev = _Evaluator(backends, spatial_mode, bewo_frame_stride, include_gt, judges_dir, bewo_cache_dir)
     desync = ev.b.get("desync")
     # what the desync backend decodes: its own `frame_spec()` (the Synchformer adapter: native uint8 frames at
     # 25 fps, resized / cropped by its protocol), else square frames of its `frame_size` / `size`
@@ -780,7 +783,7 @@ def run_cli(args: argparse.Namespace) -> int:
         args.manifest, generated, judges=args.judges, real_config=real,
         split=None if args.split == "all" else args.split, limit=args.limit, spatial_mode=args.spatial_mode,
         bewo_frame_stride=args.bewo_frame_stride, include_gt=not args.no_gt, progress=not args.quiet,
-        judges_dir=args.judges_dir,
+        judges_dir=args.judges_dir, bewo_cache_dir=args.bewo_cache,
     )
     write_outputs(prefix, report, results)
     print(report.to_markdown())
