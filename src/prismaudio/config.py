@@ -72,6 +72,8 @@ class VAEConfig:
     spec_n_fft: int = 512
     spec_hop: int = 128
     spec_depth: int = 4
+    spec_gl_iters: int = 32  # Griffin-Lim iterations of the spectral decoder
+    spec_gl_momentum: float = 0.0  # fast Griffin-Lim's momentum (0 = plain)
     # Parametric stereo (`model/stereo.py`; 0 = off, the official layout): the learned codec sees only the
     # mid signal and `stereo_bands` ILDs + one ITD per latent frame ride along as extra latent channels.
     stereo_bands: int = 0

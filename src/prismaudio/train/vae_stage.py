@@ -15,6 +15,7 @@ and the common trainer (one optimizer, DDP, accumulation, EMA) trains both.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from torch.func import functional_call
 from ..errors import PrismAudioError
 from ..io.audio import save_wav
 from ..io.spectrogram import save_spectrogram_png
+from ..model.spectral import SpectralDecoder, spectral_target
 from ..model.vae import OobleckVAE
 from ..pipeline import PrismAudioPipeline
 from .config import TrainConfig, VAELossConfig
@@ -155,6 +157,8 @@ class VAETrainModel(nn.Module):
 
     def forward(self, batch: dict[str, Tensor], generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
         x = self._crops(batch["audio"], generator)
+        if isinstance(self.vae.decoder, SpectralDecoder):
+            return self._spectral_loss(x, generator)
         mean, std = self.vae.encode_moments(x)
         eps = torch.randn(mean.shape, generator=generator, device=generator.device).to(mean)
         z = mean + std * eps
@@ -180,6 +184,26 @@ class VAETrainModel(nn.Module):
             loss = loss + d_loss + c.adv_weight * g_loss + c.feature_weight * fm
             logs.update(disc=d_loss.detach(), adv=g_loss.detach(), feat=fm.detach())
         return loss, logs
+
+    def _spectral_loss(self, x: Tensor, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+        """The spectral codec fits the STFT magnitude of what its encoder saw (the mid, with parametric
+        stereo): spectral convergence + log-magnitude L1 at the codec's own STFT, + KL. Its waveform
+        comes from Griffin-Lim, which has no parameters, so nothing else needs a gradient."""
+        vae, c = self.vae, self.cfg
+        mean, std = vae.encode_moments(x)
+        d = vae.cfg.latent_dim
+        eps = torch.randn(mean[:, :d].shape, generator=generator, device=generator.device).to(mean)
+        z = mean[:, :d] + std[:, :d] * eps
+        mono = vae.stereo.analyse(vae._pad(x))[0] if vae.stereo is not None else vae._pad(x)
+        dec = vae.decoder
+        target = spectral_target(mono, dec.n_fft, dec.hop, dec.window)
+        log_pred = dec.log_magnitude(z)
+        pred = log_pred.exp()
+        sc = torch.linalg.vector_norm(target - pred) / torch.linalg.vector_norm(target).clamp_min(MAG_FLOOR)
+        log_l1 = (target.clamp_min(LOG_FLOOR).log() - log_pred.clamp_min(math.log(LOG_FLOOR))).abs().mean()
+        kl = kl_to_standard_normal(mean[:, :d], std[:, :d])
+        loss = c.stft_weight * (sc + log_l1) + c.kl_weight * kl
+        return loss, {"stft": (sc + log_l1).detach(), "sc": sc.detach(), "kl": kl.detach()}
 
     def _adversarial(self, real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         assert self.disc is not None
