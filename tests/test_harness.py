@@ -191,3 +191,21 @@ def test_resume_without_a_checkpoint_says_so_even_when_quiet(corpus: Path, tmp_p
                      "--out", str(tmp_path / "run"), "--set", f"data.manifest={corpus / 'manifest.jsonl'}",
                      "--set", f"data.cache_dir={corpus / 'cache'}", "--set", "max_steps=2"])
     assert code == 0 and "no complete checkpoint" in capsys.readouterr().err
+
+
+def test_a_checkpoint_from_before_a_config_field_existed_still_resumes(tmp_path) -> None:
+    """Stored model configs are compared with their missing fields at the default, so adding a config
+    field does not strand old runs; a real architecture change is still refused."""
+    from prismaudio.config import preset
+    from prismaudio.errors import PrismAudioError
+    from prismaudio.harness import checkpoint as ckpt
+
+    cfg = preset("tiny").to_dict()
+    old = preset("tiny").to_dict()
+    del old["vae"]["spec_gl_momentum"]  # written before the field existed
+    meta = {"config": {"stage": "vae"}, "model_config": old}
+    ckpt.check_compatible(meta, cfg, "vae", tmp_path)
+    old["vae"]["latent_dim"] += 1
+    old["dit"]["io_channels"] += 1
+    with pytest.raises(PrismAudioError, match="io_channels: 9 vs 8"):
+        ckpt.check_compatible(meta, cfg, "vae", tmp_path)

@@ -250,13 +250,25 @@ def check_compatible(meta: dict[str, Any], model_config: dict[str, Any], stage: 
     old_stage = meta["config"].get("stage")
     if old_stage != stage:
         raise PrismAudioError(f"checkpoint {where} is from stage {old_stage!r}, this run is stage {stage!r}")
-    if meta["model_config"] != model_config:
-        old, new = meta["model_config"].get("preset"), model_config.get("preset")
-        diff = _first_difference(meta["model_config"], model_config)
+    stored = _with_defaults(meta["model_config"])
+    if stored != model_config:
+        old, new = stored.get("preset"), model_config.get("preset")
+        diff = _first_difference(stored, model_config)
         raise PrismAudioError(
             f"checkpoint {where} was written for model preset {old!r} but this run builds {new!r} "
             f"({diff}); use another --out or the matching model"
         )
+
+
+def _with_defaults(model_config: dict[str, Any]) -> dict[str, Any]:
+    """The stored model config with every field it predates at its default, so a checkpoint written
+    before a config field existed still resumes (the field's default is what that run built)."""
+    from ..config import model_config_from_dict
+
+    try:
+        return model_config_from_dict(model_config).to_dict()
+    except PrismAudioError:
+        return model_config  # a removed or invalid key: compared as stored (and reported)
 
 
 def _first_difference(a: Any, b: Any, path: str = "") -> str:
