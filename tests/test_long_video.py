@@ -191,6 +191,15 @@ def test_keep_region_equals_the_previous_window(pipe: PrismAudioPipeline, video6
         assert torch.equal(r.audio[:, w.start:stop], outs[k][:, : stop - w.start])
 
 
+def test_the_pipeline_method_is_the_windowed_path(pipe: PrismAudioPipeline, video6: Path) -> None:
+    cfg = LongformConfig(window_s=2.0, overlap_s=0.5)
+    a = pipe.generate_long(video6, steps=1, planner=None, config=cfg, seed=2)
+    b = generate_long(pipe, video6, steps=1, planner=None, config=cfg, seed=2)
+    assert torch.equal(a.audio, b.audio)
+    with pytest.raises(PrismAudioError, match="generate_long"):
+        pipe.generate(video6, duration=pipe.config.max_duration + 1, steps=1)
+
+
 def test_crossfade_path_and_determinism(pipe: PrismAudioPipeline, video6: Path) -> None:
     cfg = LongformConfig(window_s=2.0, overlap_s=0.5, use_context=False)
     a = generate_long(pipe, video6, steps=1, planner=None, config=cfg, seed=1)

@@ -240,9 +240,9 @@ class _WindowPlanner:
             self.fixed = (text, plan)
             return
         built = pipe._planner(planner, planner_options)
-        from .procedural.planner import OfflinePlanner
-
-        if isinstance(built, OfflinePlanner):
+        # a planner that reads decoded frames (the offline one) plans each window from the window's own
+        # decode pass; found by duck typing, since the core never imports the procedural world
+        if callable(getattr(built, "plan_frames", None)):
             self.offline = built
             self.spec = FrameSpec(float(info.fps), int(min(max(info.width, info.height), PLANNER_FRAME_SIZE)))
         else:
@@ -258,15 +258,13 @@ class _WindowPlanner:
         if self.fixed is not None:
             return self.fixed
         if self.offline is not None:
-            from .procedural.planner import plan_frames
-
             assert frames is not None
-            parts, report = plan_frames(frames.permute(0, 2, 3, 1).numpy(), self.spec.fps, self.offline.classifier,
-                                        self.caption, self.offline.seed)
-            if not report.in_domain:
+            plan = self.offline.plan_frames(frames.permute(0, 2, 3, 1).numpy(), self.spec.fps, self.caption)
+            report = self.offline.last_report
+            if report is not None and not report.in_domain:
                 self.out_of_domain.append(window.index)
-                self.first_report = self.first_report or report
-            plan = CoT(**parts)
+                if self.first_report is None:
+                    self.first_report = self.offline.out_of_domain_message(self.video, self.caption)
         else:
             with tempfile.TemporaryDirectory(prefix="prismaudio-window-") as tmp:
                 clip = Path(tmp) / f"window{window.index}.mp4"
@@ -277,9 +275,7 @@ class _WindowPlanner:
     def warn_domain(self, total: int) -> None:
         """One warning for the windows the offline planner found outside the procedural world."""
         if self.out_of_domain:
-            from .procedural.planner import out_of_domain_message
-
-            msg = out_of_domain_message(self.video, self.first_report, self.caption)
+            msg = self.first_report
             warnings.warn(f"{len(self.out_of_domain)} of {total} windows: {msg}", stacklevel=3)
 
 

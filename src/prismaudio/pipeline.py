@@ -555,11 +555,18 @@ class PrismAudioPipeline(nn.Module):
                 raise PrismAudioError(f"the {slot} encoder {spec.name!r} is not available: {enc}; "
                                       f"{encoder_flag_hint(slot, spec.name)}")
 
+    def generate_long(self, video: str | os.PathLike, **kwargs: Any) -> Any:
+        """A video longer than the trained clip, in overlapping windows (`prismaudio.longform.generate_long`)."""
+        from .longform import generate_long
+
+        return generate_long(self, video, **kwargs)
+
     def _check_duration(self, duration: float) -> float:
         if not duration > 0:
             raise PrismAudioError(f"duration must be > 0 s, got {duration:g}")
         if duration > self.config.max_duration:
-            raise PrismAudioError(f"duration {duration:g} s exceeds the maximum of {self.config.max_duration:g} s")
+            raise PrismAudioError(f"duration {duration:g} s exceeds the maximum of {self.config.max_duration:g} s "
+                                  "for one pass; pipe.generate_long generates long videos in windows")
         return float(duration)
 
 

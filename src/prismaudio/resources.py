@@ -39,3 +39,21 @@ def asset_path(name: str) -> Path:
 
 
 __all__ = ["ASSETS_ENV", "asset_path", "assets_root"]
+
+
+PROCEDURAL = "prismaudio.procedural"
+
+
+def world_module(name: str):
+    """Import a module of the procedural world by name (`prismaudio.procedural...`), or say in one
+    line that it is not installed. Why by name: the world is a plugin that the core never imports
+    statically (tests/test_procedural_boundary.py); editing, the edit-pair stage and the offline
+    planner reach it only through this lookup."""
+    import importlib
+
+    if not name.startswith(PROCEDURAL):
+        raise ValueError(f"{name} is not a module of the procedural world")
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError:
+        raise PrismAudioError(f"the procedural world ({name}) is not available in this installation") from None

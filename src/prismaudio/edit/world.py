@@ -9,19 +9,10 @@ Outside that world the vocabulary can be given explicitly (`instruction.Vocabula
 
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
+from ..resources import world_module
 
-from ..errors import PrismAudioError
+__all__ = ["RENDER_MODULE", "VOCAB_MODULE", "WRITER_MODULE", "world_module"]
 
 VOCAB_MODULE = "prismaudio.procedural.synth.vocab"
 RENDER_MODULE = "prismaudio.procedural.synth.render"
 WRITER_MODULE = "prismaudio.procedural.synth.writer"
-
-
-def world_module(name: str) -> ModuleType:
-    """Import one module of the procedural world, or say in one line that it is not installed."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError:
-        raise PrismAudioError(f"the procedural world ({name}) is not available in this installation") from None

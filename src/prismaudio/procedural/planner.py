@@ -759,6 +759,17 @@ class OfflinePlanner(Planner):
         frames = info.duration * info.fps
         return float(frames * (self.SECONDS_PER_FRAME + info.width * info.height * self.SECONDS_PER_PIXEL))
 
+    def plan_frames(self, frames: np.ndarray, fps: float, caption: str | None = None) -> CoT:
+        """The plan of already decoded [T, H, W, 3] frames (a window of a long video: no second decode);
+        `last_report` says whether they looked like the procedural world."""
+        parts, self.last_report = plan_frames(frames, fps, self.classifier, caption, self.seed)
+        return CoT(**parts)
+
+    def out_of_domain_message(self, video: str | os.PathLike, caption: str | None = None) -> str:
+        """The warning line for the latest plan's footage outside the procedural world."""
+        assert self.last_report is not None
+        return out_of_domain_message(video, self.last_report, caption)
+
     def plan(self, video_path: str | os.PathLike, caption: str | None = None) -> CoT:
         """The four CoT parts of the video; a caption naming corpus classes fixes the object classes.
         Footage outside the procedural world gets `neutral_parts` and one warning (`last_report` says why)."""

@@ -36,6 +36,7 @@ from ..errors import PrismAudioError
 from ..harness.config import DataConfig
 from ..io.files import atomic_path
 from ..io.weights import fingerprint
+from ..resources import world_module
 
 Log = Callable[[str], None]
 CACHE_FORMAT = "prismaudio-train-data-2"
@@ -275,9 +276,9 @@ Pairs = tuple[Tensor, list[str], Tensor, Tensor]  # latent [P, C, N], clip id pe
 def _row_without(row: ManifestRow, source: int, corpus_seed: int) -> ManifestRow:
     """The row of a clip's scene without source `source`: its caption and CoT rewritten by the
     corpus's own writer on the clip's text RNG (the remove task's target text)."""
-    from ..procedural.synth.cot import write_cot
-    from ..procedural.synth.pairs import clip_index
-    from ..procedural.synth.scene import clip_rngs
+    write_cot = world_module("prismaudio.procedural.synth.cot").write_cot
+    clip_index = world_module("prismaudio.procedural.synth.pairs").clip_index
+    clip_rngs = world_module("prismaudio.procedural.synth.scene").clip_rngs
 
     assert row.scene is not None
     scene = dict(row.scene)
@@ -300,7 +301,8 @@ def build_edit_pairs(pipe: Any, rows: Sequence[ManifestRow], duration: float, da
             log(f"loaded {len(got[1])} edit pairs from the data cache {cache}")
             return got
     from ..io.audio import load_audio
-    from ..procedural.synth.pairs import clip_index, render_pairs
+    pairs_module = world_module("prismaudio.procedural.synth.pairs")  # the corpus plugin, by name
+    clip_index, render_pairs = pairs_module.clip_index, pairs_module.render_pairs
 
     c = pipe.config
     n_lat = c.latent_length(duration)
