@@ -4,7 +4,7 @@ continues, inpaints or edits.
 An `AudioContext` says, per sample, where the output must equal the given audio (`keep`) and where
 the model may look at it (`visible`). Inside the network it becomes the condition
 `ctx = concat(latents * visible, visible, keep)` [B, C + 2, N] at latent resolution (see
-`context_condition`); after decoding, `splice` copies the kept samples back with an equal-power
+`context_condition`); after decoding, `splice` copies the kept samples back with a linear (equal-gain)
 crossfade at every keep/generate boundary, so the kept audio is sample-exact away from the seams.
 
 Latent frames: frame j covers samples [j * hop, (j + 1) * hop). A frame is `keep` iff ALL its
@@ -62,7 +62,7 @@ class AudioContext:
     # [S] bool: where the model SEES the audio; None = same as keep. inpaint/extend: visible = keep
     # (the region is hidden); add/remove/refine: visible everywhere, keep outside the region.
     visible: Tensor | None = None
-    crossfade_s: float = 0.02  # equal-power crossfade at each keep/generate boundary
+    crossfade_s: float = 0.02  # linear (equal-gain) crossfade at each keep/generate boundary
 
     @property
     def visible_mask(self) -> Tensor:
@@ -173,9 +173,12 @@ def context_condition(latents: Tensor, keep_frames: Tensor, visible_frames: Tens
 # ------------------------------------------------------------------------------ the splice
 def crossfade_gain(keep: Tensor, width: int) -> Tensor:
     """Per-sample weight w in [0, 1] of the context audio (float32 [S]): 1 on keep samples farther
-    than `width` from any generated sample, 0 on generated samples, and an equal-power ramp
-    sin(pi/2 * d / width) over the `width` keep samples next to a boundary (d = distance in samples
-    to the nearest generated sample, 1..width). The generated audio gets sqrt(1 - w^2)."""
+    than `width` from any generated sample, 0 on generated samples, and a linear ramp d / width over
+    the `width` keep samples next to a boundary (d = distance in samples to the nearest generated
+    sample, 1..width). The generated audio gets 1 - w. Why equal-gain and not equal-power: at a keep
+    boundary the generated audio continues the kept one (it was conditioned on it and, without
+    conditioning, its latent frames were imposed), so the two are correlated there, and an equal-power
+    fade would add up to +3 dB and can exceed full scale (measured on long-video seams)."""
     s = keep.shape[-1]
     gen = ~keep
     if width <= 0 or not bool(gen.any()):
@@ -186,17 +189,17 @@ def crossfade_gain(keep: Tensor, width: int) -> Tensor:
     last_gen = torch.where(gen, idx, torch.full_like(idx, -(s + width + 1))).cummax(0).values
     next_gen = torch.where(gen, idx, big + s).flip(0).cummin(0).values.flip(0)
     dist = torch.minimum(idx - last_gen, next_gen - idx)
-    ramp = torch.sin(0.5 * math.pi * dist.clamp(max=width).float() / width)
+    ramp = dist.clamp(max=width).float() / width
     return torch.where(keep, ramp, torch.zeros(()))
 
 
 def splice(generated: Tensor, ctx: AudioContext, sample_rate: int) -> Tensor:
-    """Generated audio [K, 2, S] with `ctx.audio` copied in where `ctx.keep` (equal-power crossfade
+    """Generated audio [K, 2, S] with `ctx.audio` copied in where `ctx.keep` (a linear crossfade
     within `crossfade_s` of each boundary, on the keep side, so the generated region is untouched)."""
     width = int(round(ctx.crossfade_s * sample_rate))
     s = generated.shape[-1]  # the official sync length rounds N down for some durations: cut to it
     w = crossfade_gain(ctx.keep[:s].cpu(), width).to(generated.device)
-    g = torch.sqrt((1 - w * w).clamp_min(0))
+    g = 1 - w
     ref = ctx.audio[:, :s].to(generated.device, generated.dtype)
     out = generated * g + ref.unsqueeze(0) * w
     # bit-exact copy where w == 1 (w * ref + 0 * gen is already exact; this also clears -0.0 / NaN paths)

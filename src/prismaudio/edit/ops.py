@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from ..pipeline import GenerationResult, PrismAudioPipeline
     from .segmenter import Segmenter
 
-CROSSFADE_S = 0.02  # the context's equal-power crossfade at each keep/generate boundary
+CROSSFADE_S = 0.02  # the context's linear crossfade at each keep/generate boundary
 
 
 @dataclass(frozen=True)
