@@ -40,6 +40,8 @@ def main() -> int:
     ap.add_argument("--codec", choices=("oobleck", "spectral"), default="oobleck",
                     help="oobleck: the mono core of --from's VAE; spectral: a fresh model/spectral.py codec")
     ap.add_argument("--width", type=int, default=192, help="spectral codec width (ConvNeXt channels)")
+    ap.add_argument("--vae-weights", default=None, metavar="FILE",
+                    help="spectral: start from these trained VAE weights (e.g. artifacts/mini-vae-spectral/vae.safetensors)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     try:
@@ -53,9 +55,14 @@ def main() -> int:
         cfg.vae.stereo_n_fft = min(cfg.vae.stereo_n_fft, 4 * cfg.vae.stereo_hop)
         if args.codec == "spectral":
             cfg.vae.codec, cfg.vae.channels = "spectral", args.width
+            cfg.vae.spec_gl_iters, cfg.vae.spec_gl_momentum = 64, 0.99  # measured best (docs/training_notes.md)
         cfg.dit.io_channels = cfg.vae.latent_channels
         new = PrismAudioPipeline.from_config(cfg, seed=args.seed)
         if args.codec == "spectral":
+            if args.vae_weights:
+                from prismaudio.io.weights import load_strict
+
+                load_strict(new.vae, args.vae_weights, "the spectral mini VAE")
             new.save_pretrained(args.out)
             print(f"wrote {args.out}: spectral codec, latent {cfg.vae.latent_dim} + {args.bands + 1} spatial channels")
             return 0
