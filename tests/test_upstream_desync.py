@@ -102,9 +102,17 @@ def test_upstream_desync_sizes_and_protocol_from_config(fx: dict[str, Any]) -> N
 
 
 def test_upstream_desync_logmel(fx: dict[str, Any], feats: dict[str, torch.Tensor]) -> None:
+    """The log-mel is an intermediate: upstream's own float32 rounding moves it by
+    `observed.logmel.float64_vs_float32_maxabs` (3.7e-5 on max 1.14, i.e. 3e-5 relative: more than
+    the 1e-5 bar), so it is held to the fixture's `recommended_atol`, and which side of 1e-5 x max a
+    run lands on depends on the CPU's FFT code path. The outputs it feeds (afeats, logits) keep the 1e-5 bar."""
     ref = fx["out"]["logmel"]
     assert ref.shape[1] == fx["cfg"]["num_audio_segments"]
-    _close(feats["logmel"], ref)
+    cfg = fx["cfg"]
+    own = cfg["observed"]["logmel"]["float64_vs_float32_maxabs"]
+    bar = max(REL_TOL * float(ref.abs().max()), cfg["recommended_atol"]["logmel"])
+    err = _max_err(feats["logmel"], ref)
+    assert err <= bar, f"max |err| {err:.3g} > {bar:.3g} (upstream's own float32 error {own:.3g})"
 
 
 def test_upstream_desync_audio_features(fx: dict[str, Any], feats: dict[str, torch.Tensor]) -> None:
