@@ -303,7 +303,9 @@ class OobleckDecoder(_Stack):
 
 class OobleckVAE(nn.Module):
     """Oobleck VAE with the official "vae" bottleneck and latent scale; state-dict keys are the
-    official `pretransform.model.*` keys minus that prefix."""
+    official `pretransform.model.*` keys minus that prefix. The same bottleneck wraps the `mini`
+    alternatives: `codec: spectral` swaps the encoder / decoder for `model/spectral.py`, and
+    `stereo_bands > 0` makes the learned part mono with parametric stereo around it (`model/stereo.py`)."""
 
     def __init__(self, cfg: VAEConfig) -> None:
         super().__init__()
