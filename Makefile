@@ -9,7 +9,7 @@ ASSETS := src/prismaudio/assets
 # make web [WEB_ARGS="--port 8000 --model DIR"]: the web demo on http://127.0.0.1:7860 (Ctrl-C stops it).
 WEB_ARGS ?=
 
-.PHONY: setup demo web test test-slow bench judges visual-classifier train-default grpo-default clean
+.PHONY: setup demo web test test-slow bench judges visual-classifier train-default grpo-default vae-ps-init vae-spec-init clean
 
 # The venv is (re)built whenever pyproject.toml changes. torch is pinned first so pip takes the
 # local CPU wheel (2.13.0) instead of resolving a CUDA build.
@@ -59,6 +59,15 @@ train-default: setup
 # evaluation; ABLATIONS="semantic temporal aesthetic spatial nokl" adds the single-reward / no-KL runs.
 grpo-default: setup
 	BIN=$(BIN) bash scripts/post_train_default.sh
+
+# Issue 17's candidate mini autoencoders (docs/training_notes.md): the model directories their VAE stages
+# start from. vae-ps-init: the stage-0 stereo Oobleck (from make train-default) made mono, with parametric
+# stereo; vae-spec-init: a fresh spectral codec with parametric stereo (configs/train/vae_spec_mini.yaml).
+vae-ps-init: setup
+	$(BIN)/python scripts/init_parametric_vae.py --from runs/vae_mini/final --out runs/vae_ps_init
+
+vae-spec-init: setup
+	$(BIN)/python scripts/init_parametric_vae.py --from $(ASSETS)/prismaudio-mini --out runs/vae_spec_init --codec spectral
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
