@@ -27,9 +27,9 @@ SEED = int(os.environ.get("PRISMAUDIO_FAULT_SEED", "20"))
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A 6-clip corpus (1.5 s, 48 px) and a tiny model directory."""
+    """A 16-clip corpus (enough that a run is still going when killed, on a quiet machine too) (1.5 s, 48 px) and a tiny model directory."""
     root = tmp_path_factory.mktemp("faults")
-    assert cli_main(["synth", "--out", str(root / "corpus"), "--n", "6", "--duration", "1.5", "--size", "48",
+    assert cli_main(["synth", "--out", str(root / "corpus"), "--n", "16", "--duration", "1.5", "--size", "48",
                      "--workers", "1", "--quiet"]) == 0
     PrismAudioPipeline.from_preset("tiny", seed=0).save_pretrained(root / "tiny")
     return root / "corpus" / "manifest.jsonl", root / "tiny"
@@ -88,7 +88,7 @@ def test_generate_manifest_kill9_resume_bitwise(setup: tuple[Path, Path], tmp_pa
         return [sys.executable, "-m", "prismaudio.cli", "generate", "--manifest", str(manifest), "--split", "all",
                 "--manifest-cot", "--model", str(model), "--steps", "2", "--out", str(out), "--quiet"]
 
-    _resume_and_compare(cmd, tmp_path / "full", tmp_path / "killed", ".wav", 6, random.Random(SEED))
+    _resume_and_compare(cmd, tmp_path / "full", tmp_path / "killed", ".wav", 16, random.Random(SEED))
 
 
 def test_extract_kill9_resume_bitwise(setup: tuple[Path, Path], tmp_path: Path) -> None:
@@ -98,4 +98,4 @@ def test_extract_kill9_resume_bitwise(setup: tuple[Path, Path], tmp_path: Path) 
         return [sys.executable, "-m", "prismaudio.cli", "extract", "--manifest", str(manifest), "--model",
                 str(model), "--batch-size", "1", "--out", str(out), "--quiet"]
 
-    _resume_and_compare(cmd, tmp_path / "full", tmp_path / "killed", ".safetensors", 6, random.Random(SEED + 1))
+    _resume_and_compare(cmd, tmp_path / "full", tmp_path / "killed", ".safetensors", 16, random.Random(SEED + 1))

@@ -175,3 +175,19 @@ def test_gcc_phat_sign():
     right = np.concatenate([np.zeros(5), x[:-5]])  # right delayed: left leads
     assert gcc_phat_itd(x, right, 16000) == pytest.approx(5 / 16000, abs=1e-5)
     assert gcc_phat_itd(right, x, 16000) == pytest.approx(-5 / 16000, abs=1e-5)
+
+
+@pytest.mark.parametrize("frames", [13, 20, 37, 100])
+def test_impact_events_stay_inside_short_clips(frames: int) -> None:
+    """A 1.5 s clip (37 frames) cannot hold three bounces of up to 14 frames after a 13-frame fall:
+    the bounces that do not fit are dropped (this raised IndexError before), and a 4 s clip's scene is
+    the one drawn before the fix."""
+    from prismaudio.procedural.synth.scene import _impact
+
+    for seed in range(200):
+        for n_ev in (1, 2, 3, 4):
+            events, height, _ = _impact(np.random.default_rng(seed), frames, 25.0, n_ev, 96.0)
+            assert 1 <= len(events) <= n_ev and all(0 <= e["frame"] < frames for e in events)
+            assert all(height[e["frame"]] == 0.0 for e in events)
+            if frames == 100:
+                assert len(events) == n_ev

@@ -52,6 +52,11 @@ def _impact(rng, T: int, fps: float, n_ev: int, H: float) -> tuple[list[dict], n
     """A falling object: held, dropped, hits the floor at the first event, then bounces."""
     fall = int(rng.integers(8, 14))
     gaps = [int(rng.integers(8, 15)) for _ in range(n_ev - 1)]
+    # A short clip holds fewer bounces: drop the ones that would land past its end (after the draws,
+    # so a clip that fits -- every 4 s clip -- gets exactly the same scene).
+    fall = min(fall, max(1, T - 6))
+    while gaps and fall + 1 + sum(gaps) > T - 4:
+        gaps.pop()
     last_start = T - 4 - sum(gaps)
     first = int(rng.integers(fall + 1, max(fall + 2, last_start)))
     frames = [first]
