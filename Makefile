@@ -51,7 +51,7 @@ visual-classifier: setup
 	$(BIN)/python benchmarks/bench_cot_offline.py --corpus data/judge_corpus --metrics $(ASSETS)/visual_classifier/metrics.json
 
 # Reproduces the shipped default model (src/prismaudio/assets/prismaudio-mini) from nothing: corpus, VAE, foundation,
-# CoT fine-tune (+ the No-CoT ablation), float16 pack, evaluation, training summary. Resumable.
+# CoT fine-tune (+ the No-CoT ablation), the audio-context stage (the shipped model), float16 pack, evaluation, training summary. Resumable.
 train-default: setup
 	BIN=$(BIN) bash scripts/train_default.sh
 
