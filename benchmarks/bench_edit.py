@@ -19,7 +19,8 @@ synthesised into a temp folder. Per op (targets from the issue in brackets):
   40 ms of the ground truth, i.e. at the visual cause [reported].
 * refine: the ROI is source X's box over the clip (`edit.pairs.source_box`); the generated stem is
   the output minus the input. Class recall of X on the stem [>= 0.8]; side: the stem's GCC-PHAT
-  ITD sign vs X's x (`groundtruth.side_accuracy`, scored for static sources off-centre) [>= 0.9].
+  ITD sign vs X's x (`groundtruth.side_accuracy`, scored for static sources off-centre) [>= 0.9],
+  with the stem placed at the box (the default) and, for reference, as the network made it.
 
 On a random model (`preset:tiny`) the numbers are meaningless: the smoke test only checks that
 the benchmark runs end to end. Prints one line per op and writes the JSON (per-clip values, the
@@ -168,13 +169,18 @@ def bench_refine(pipe, clip: dict, args, judge: Judge) -> dict:
     target = scene["sources"][i]["class"]
     box = source_box(scene, i)
     ref, sr = _load_audio(clip["wav"])
-    out = edit(pipe, clip["video"], clip["wav"], "refine", object=tuple(box.as_list()),
-               instruction=f"refine the {target}", seed=args.seed, steps=args.steps, cfg=args.cfg).audio
-    stem = out - ref
-    p = judge.posteriors(stem, sr)[target]
-    side = side_accuracy(stem, sr, _only(scene, i))
+    stems = {}
+    for placement in ("box", "model"):  # the shipped path, and the network's own stereo image
+        out = edit(pipe, clip["video"], clip["wav"], "refine", object=tuple(box.as_list()),
+                   instruction=f"refine the {target}", seed=args.seed, steps=args.steps, cfg=args.cfg,
+                   placement=placement).audio
+        stems[placement] = out - ref
+    p = judge.posteriors(stems["box"], sr)[target]
+    side = side_accuracy(stems["box"], sr, _only(scene, i))
+    side_model = side_accuracy(stems["model"], sr, _only(scene, i))
     return {"id": clip["row"]["id"], "object": target, "box": box.as_list(), "posterior": p,
-            "recalled": float(p > RECALL_P), "side_correct": side.value, "side_reason": side.reason}
+            "recalled": float(p > RECALL_P), "side_correct": side.value, "side_reason": side.reason,
+            "side_correct_model": side_model.value}
 
 
 def summarise(per_op: dict[str, list[dict]]) -> dict[str, Any]:
@@ -197,6 +203,8 @@ def summarise(per_op: dict[str, list[dict]]) -> dict[str, Any]:
         r = per_op["refine"]
         s["refine.class_recall"] = _mean([x["recalled"] for x in r])
         s["refine.side_correct"] = _mean([x["side_correct"] for x in r if x["side_reason"] is None])
+        s["refine.side_correct_model_placement"] = _mean([x["side_correct_model"] for x in r
+                                                          if x["side_reason"] is None])
     met = {k: (None if math.isnan(s.get(k, math.nan)) else bool(s[k] >= v)) for k, v in TARGETS.items() if k in s}
     if "remove.removed_after" in s and not math.isnan(s["remove.level_without"]):
         # "drops to the level of clips without it": within 10 % of the level (or below it)

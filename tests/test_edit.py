@@ -244,6 +244,48 @@ def test_refine_mixes_the_object_into_the_region(pipe, clip) -> None:
         edit(pipe, video, wav, "refine", object=(10, 10), steps=2)
 
 
+def test_refine_places_the_stem_at_the_box(pipe, clip) -> None:
+    """placement="box" gives the refined stem the ITD sign of the box's side; the model's own image is kept
+    with "model"; an unknown placement is refused."""
+    from prismaudio.metrics.spatial import gcc_phat_itd
+
+    video, wav, _ = clip
+    ref = torch.from_numpy(sf.read(wav, dtype="float32", always_2d=True)[0].T.copy())
+    a, b = SR // 2 + 400, 3 * SR // 2 - 400
+    for box, sign in (((0, 0, 24, 40), 1.0), ((24, 0, 48, 40), -1.0)):  # left half: left leads (ITD > 0)
+        r = edit(pipe, video, wav, "refine", region=(0.5, 1.5), object=box, steps=2)
+        stem = (r.audio - ref)[:, a:b]
+        assert np.sign(gcc_phat_itd(stem[0], stem[1], SR)) == sign
+        assert torch.equal(r.audio[:, : SR // 2], ref[:, : SR // 2])
+    m = edit(pipe, video, wav, "refine", region=(0.5, 1.5), object=(0, 0, 24, 40), steps=2, placement="model")
+    assert not torch.equal(m.audio, r.audio)
+    with pytest.raises(PrismAudioError, match="unknown placement"):
+        edit(pipe, video, wav, "refine", object=(0, 0, 24, 40), steps=2, placement="centre")
+
+
+def test_place_stem_sets_the_cues_of_the_position() -> None:
+    """The stem's own delay is removed and the target one applied to a quarter of a sample (GCC-PHAT's
+    parabolic peak is no finer); the gains are
+    constant-power (energy kept) and a centred source keeps both channels equal."""
+    from prismaudio.edit.place import HEAD_ITD_MAX_S, place_stem
+    from prismaudio.metrics.spatial import gcc_phat_itd
+
+    g = torch.Generator().manual_seed(0)
+    dry = torch.randn(SR, generator=g) * torch.exp(-torch.arange(SR) / 1500.0)
+    stem = torch.stack([torch.roll(dry, 7), dry])  # right leads by 7 samples: the wrong side for x < 0
+    for x in (-0.9, -0.4, 0.3, 0.8):
+        out = place_stem(stem, x, SR)
+        assert abs(gcc_phat_itd(out[0], out[1], SR) - (-x * HEAD_ITD_MAX_S)) < 0.25 / SR
+        assert float(out.pow(2).sum() / stem.pow(2).sum()) == pytest.approx(1.0, abs=0.01)
+        louder = 0 if x < 0 else 1
+        assert float(out[louder].pow(2).mean()) > float(out[1 - louder].pow(2).mean())
+    centred = place_stem(stem, 0.0, SR)
+    assert torch.allclose(centred[0], centred[1], atol=1e-5)
+    assert place_stem(stem.unsqueeze(0).expand(3, -1, -1), 0.5, SR).shape == (3, 2, SR)
+    with pytest.raises(ValueError, match="stereo"):
+        place_stem(dry.unsqueeze(0), 0.5, SR)
+
+
 # ------------------------------------------------------------------------------------ the command
 def _run(argv: list[str], capsys) -> tuple[int, str]:
     with warnings.catch_warnings():

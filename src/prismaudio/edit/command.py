@@ -41,6 +41,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "SAM checkpoint directory")
     e.add_argument("--manifest", default=None, help="the corpus manifest of the clip (--segmenter scene; default: "
                                                     "the manifest.jsonl beside the clip's video/ folder)")
+    e.add_argument("--placement", default="box", choices=["box", "model"],
+                   help="refine: pan the object's sound to the box's position (box, default) or keep the "
+                        "stereo image the model made from the crop (model)")
     e.add_argument("--planner", default="offline", help="plans the existing video's CoT (offline | none)")
     e.add_argument("--out", required=True, help="output directory")
     e.add_argument("--name", default=None, help="output file stem (default: the video's)")
@@ -158,13 +161,14 @@ def run(args: argparse.Namespace) -> int:
             warnings.simplefilter("ignore")  # the plan's notes were printed above
             result = edit(pipe, video, args.audio, plan.op, cot=cot, seed=args.seed, steps=args.steps, cfg=args.cfg,
                           planner=None if args.planner == "none" else args.planner, progress=progress, status=say,
-                          plan=plan)
+                          plan=plan, placement=args.placement)
         for bar in bars:
             bar.close()
         record = {"op": plan.op, "region": [plan.region.start, plan.region.end],
                   "box": plan.box.as_list() if plan.box is not None else None,
                   "instruction": args.instruction, "object": plan.instruction.object.name
                   if plan.instruction is not None and plan.instruction.object is not None else None,
+                  "placement": args.placement if plan.op == "refine" else None,
                   "seed": args.seed, "notes": list(plan.notes)}
         try:
             save_wav(staging.path(f"{name}.wav"), result.audio, result.sample_rate)

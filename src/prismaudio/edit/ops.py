@@ -18,6 +18,8 @@ refine     everywhere                 nothing (the output is      existing + the
 Refine encodes the video features on the ROI crop (the box, or the mask box of a click) and
 conditions on a CoT about that object; the generated stem is mixed into the existing track inside
 the region (sine fades at the region's edges), the stem turned down only if the sum would clip.
+Before mixing, the stem is moved to the box's horizontal position (`edit.place`: the crop hides it
+from the network).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
     from .segmenter import Segmenter
 
 CROSSFADE_S = 0.02  # the context's linear crossfade at each keep/generate boundary
+PLACEMENTS = ("box", "model")  # refine: where the object's stem sits (`edit`)
 
 
 @dataclass(frozen=True)
@@ -301,6 +304,7 @@ def edit(
     progress: Callable[[int, int], None] | None = None,
     status: Callable[[str], None] | None = None,
     plan: EditPlan | None = None,
+    placement: str = "box",
 ) -> "GenerationResult":
     """Edit `audio` (a file, or a [C, S] tensor at `audio_rate`, default the model's) of `video`.
 
@@ -311,9 +315,13 @@ def edit(
     either, inpaint / extend condition on the planner's plan of the whole video (`planner`; None =
     no CoT). Returns the `GenerationResult` of the edited track (`plan` = the target CoT, `video` =
     `video`), whose audio equals `audio` on every kept sample away from the crossfades.
+    `placement` (refine): "box" re-pans the object's stem to the box centre (`edit.place`), "model"
+    keeps the stereo image the network made from the crop.
     """
     from ..cot import CoT as _CoT
 
+    if placement not in PLACEMENTS:
+        raise PrismAudioError(f"unknown placement {placement!r} (choose from {', '.join(PLACEMENTS)})")
     if isinstance(segmenter, str):
         from .segmenter import build_segmenter
 
@@ -351,7 +359,13 @@ def edit(
                                seed=seed, steps=steps, cfg_scale=cfg, progress=progress, planner=None,
                                status=status, context=ctx)
     if plan.op == "refine":
+        assert plan.box is not None
+        stem = result.samples
+        if placement == "box":
+            from .place import place_stem
+
+            stem = place_stem(stem, plan.box.side(clip.width), sr)
         gain = region_gain(n, plan.region, sr)
-        samples = mix_in(plan.audio.unsqueeze(0), result.samples, gain)
+        samples = mix_in(plan.audio.unsqueeze(0), stem, gain)
         result = replace(result, audio=samples[0], samples=samples)
     return replace(result, video=Path(video), plan=target if isinstance(target, _CoT) else result.plan)
