@@ -6,7 +6,9 @@ generated audio on a manifest split: the before/after numbers of RL post-trainin
 
 Each system is a folder of `<id>.wav` (as written by `prismaudio generate --manifest`). The rewards
 get the same context as in `prismaudio grpo` (caption, CoT, video, scene graph, reference audio),
-the weights are the official mix unless --weights is given. Prints a Markdown table; writes JSON.
+the weights are the official mix unless --weights is given. Prints a Markdown table; writes JSON
+with each clip's rewards and, for every system against the first one (`--generated before=...`
+first), the paired difference of each mean with a 95 % bootstrap interval over clips.
 """
 
 from __future__ import annotations
@@ -22,6 +24,25 @@ import torch
 OFFICIAL = {"semantic": 1.0, "temporal": 0.6, "aesthetic": 0.1, "spatial": 0.4}
 
 
+def paired_differences(base: dict[str, dict[str, float]], other: dict[str, dict[str, float]],
+                       resamples: int, seed: int = 0) -> dict[str, dict]:
+    """Per reward: mean of (other - base) over the clips both scored, and its 95 % bootstrap interval."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for k in base:
+        ids = sorted(set(base[k]) & set(other.get(k, {})))
+        if not ids:
+            continue
+        d = np.array([other[k][i] - base[k][i] for i in ids])
+        means = d[rng.integers(0, len(d), (resamples, len(d)))].mean(1)
+        lo, hi = np.percentile(means, [2.5, 97.5])
+        out[k] = {"mean": float(d.mean()), "ci95": [float(lo), float(hi)], "n": len(ids),
+                  "above_zero": bool(lo > 0)}
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--manifest", required=True)
@@ -30,6 +51,7 @@ def main() -> int:
     ap.add_argument("--weights", default=None, help="JSON {reward: weight} (default: the official mix)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--out", default=None, help="JSON output")
+    ap.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the paired differences")
     args = ap.parse_args()
 
     from prismaudio.data.manifest import read_manifest
@@ -40,9 +62,11 @@ def main() -> int:
     rows, _ = read_manifest(args.manifest)
     rows = [r for r in rows if r.split == args.split]
     result: dict[str, dict[str, float]] = {}
+    clips: dict[str, dict[str, dict[str, float]]] = {}  # system -> reward -> clip id -> value
     for item in args.generated:
         name, _, folder = item.partition("=")
         per: dict[str, list[float]] = {k: [] for k in [*weights, "total"]}
+        by_clip: dict[str, dict[str, float]] = {k: {} for k in per}
         for start in range(0, len(rows), args.batch):
             chunk = [r for r in rows[start : start + args.batch] if (Path(folder) / f"{r.id}.wav").is_file()]
             if not chunk:
@@ -57,7 +81,10 @@ def main() -> int:
             res = compute_rewards(list(weights), weights, gen, sr, ctx)
             for k, v in res.scores.items():
                 per[k] += [float(x) for x in v]
+                by_clip[k].update({r.id: float(x) for r, x in zip(chunk, v) if math.isfinite(float(x))})
             per["total"] += [float(t) for t, ok in zip(res.total, res.valid) if ok]
+            by_clip["total"].update({r.id: float(t) for r, t, ok in zip(chunk, res.total, res.valid) if ok})
+        clips[name] = by_clip
         result[name] = {k: (sum(x for x in v if math.isfinite(x)) / max(1, sum(math.isfinite(x) for x in v)))
                         for k, v in per.items()}
         result[name]["n"] = len(per["total"])
@@ -66,8 +93,15 @@ def main() -> int:
     print("|---|" + "---:|" * (len(cols) + 1))
     for name, r in result.items():
         print(f"| {name} | " + " | ".join(f"{r[c]:.4f}" for c in cols) + f" | {r['n']} |")
+    names = list(result)
+    paired = {n: paired_differences(clips[names[0]], clips[n], args.resamples) for n in names[1:]}
+    for name, diff in paired.items():
+        print(f"\n{name} - {names[0]}, paired over clips (95 % bootstrap interval):")
+        for k, d in diff.items():
+            print(f"  {k:10s} {d['mean']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]  n={d['n']}")
     if args.out:
-        Path(args.out).write_text(json.dumps({"weights": weights, "systems": result}, indent=1) + "\n")
+        Path(args.out).write_text(json.dumps({"weights": weights, "systems": result, "paired_vs": names[0],
+                                              "paired": paired, "per_clip": clips}, indent=1) + "\n")
     return 0
 
 

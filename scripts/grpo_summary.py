@@ -100,15 +100,25 @@ def main() -> int:
     out = Path(args.out)
     if args.ship:
         return ship(out, Path(args.ship))
-    rewards = json.loads((out / "eval" / "rewards.json").read_text())["systems"]
+    scored = json.loads((out / "eval" / "rewards.json").read_text())
+    rewards = scored["systems"]
+    paired = scored.get("paired", {}).get("after", {}) if scored.get("paired_vs") == "before" else {}
     table = json.loads((out / "eval" / "table.json").read_text())
     cells = table["cells"].get("all", {})
     before, after = rewards["before"], rewards["after"]
     fd_b = cells.get("before", {}).get("FD", {}).get("mean")
     fd_a = cells.get("after", {}).get("FD", {}).get("mean")
     rel = (after["total"] - before["total"]) / abs(before["total"]) if before["total"] else None
-    targets: dict[str, Any] = {f"{d}_improves": {"before": before[d], "after": after[d], "met": after[d] > before[d]}
-                               for d in DIMENSIONS}
+    # Issue 17 item 5: each reward's paired 95 % interval (after - before, over test clips) above zero;
+    # a rewards.json without per-clip scores (older runs) falls back to the means.
+    targets: dict[str, Any] = {}
+    for d in DIMENSIONS:
+        t = {"before": before[d], "after": after[d]}
+        if d in paired:
+            t.update(diff=paired[d]["mean"], ci95=paired[d]["ci95"], met=paired[d]["above_zero"])
+        else:
+            t["met"] = after[d] > before[d]
+        targets[f"{d}_improves"] = t
     targets["total_relative_gain"] = {"before": before["total"], "after": after["total"], "value": rel,
                                       "target": ">= 0.10", "met": None if rel is None else rel >= 0.10}
     fd_rel = None if fd_b in (None, 0) or fd_a is None else (fd_a - fd_b) / fd_b

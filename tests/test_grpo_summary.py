@@ -85,3 +85,32 @@ def test_ablation_directions_and_ship(tmp_path: Path) -> None:
     assert shipped["table"] == {"kept": 1}  # the base model's own record survives
     assert shipped["post_training"]["targets"]["semantic_improves"]["met"]
     assert (model / "grpo_summary.png").stat().st_size > 1000
+
+
+def test_paired_interval_decides_each_reward(tmp_path: Path) -> None:
+    """With per-clip scores (score_rewards' `paired`), a reward counts as improved only when its paired
+    95 % interval lies above zero, not when its mean merely rose."""
+    sys.path.insert(0, str(SCRIPT.parents[1] / "benchmarks"))
+    from score_rewards import paired_differences
+
+    g = torch.Generator().manual_seed(0)
+    ids = [f"c{i}" for i in range(200)]
+    base = {k: {i: float(v) for i, v in zip(ids, torch.rand(200, generator=g))} for k in ("semantic", "temporal")}
+    other = {"semantic": {i: v + 0.05 for i, v in base["semantic"].items()},  # a clear, consistent rise
+             "temporal": {i: v + float(n) for (i, v), n in zip(base["temporal"].items(),  # noise, mean ~ 0
+                                                                 0.3 * torch.randn(200, generator=g))}}
+    d = paired_differences(base, other, 1000)
+    assert abs(d["semantic"]["mean"] - 0.05) < 1e-6 and d["semantic"]["above_zero"]
+    assert d["temporal"]["ci95"][0] < 0 < d["temporal"]["ci95"][1] and not d["temporal"]["above_zero"]
+
+    before = {"semantic": 0.4, "temporal": 0.5, "aesthetic": 0.7, "spatial": -0.5, "total": 0.5}
+    after = {"semantic": 0.5, "temporal": 0.51, "aesthetic": 0.71, "spatial": -0.4, "total": 0.56}
+    out = _make(tmp_path / "paired", before, after, (0.60, 0.61))
+    paired = {k: {"mean": 0.01, "ci95": [0.001, 0.02], "n": 200, "above_zero": True}
+              for k in ("semantic", "aesthetic", "spatial")}
+    paired["temporal"] = {"mean": 0.01, "ci95": [-0.01, 0.03], "n": 200, "above_zero": False}
+    (out / "eval" / "rewards.json").write_text(json.dumps({"systems": {"before": before, "after": after},
+                                                           "paired_vs": "before", "paired": {"after": paired}}))
+    t = _summary(out)["targets"]
+    assert not t["temporal_improves"]["met"] and t["temporal_improves"]["ci95"] == [-0.01, 0.03]
+    assert all(t[f"{d}_improves"]["met"] for d in ("semantic", "aesthetic", "spatial"))
