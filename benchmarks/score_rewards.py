@@ -21,26 +21,15 @@ from pathlib import Path
 
 import torch
 
+from prismaudio.metrics.bootstrap import paired
+
 OFFICIAL = {"semantic": 1.0, "temporal": 0.6, "aesthetic": 0.1, "spatial": 0.4}
 
 
 def paired_differences(base: dict[str, dict[str, float]], other: dict[str, dict[str, float]],
                        resamples: int, seed: int = 0) -> dict[str, dict]:
     """Per reward: mean of (other - base) over the clips both scored, and its 95 % bootstrap interval."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    out = {}
-    for k in base:
-        ids = sorted(set(base[k]) & set(other.get(k, {})))
-        if not ids:
-            continue
-        d = np.array([other[k][i] - base[k][i] for i in ids])
-        means = d[rng.integers(0, len(d), (resamples, len(d)))].mean(1)
-        lo, hi = np.percentile(means, [2.5, 97.5])
-        out[k] = {"mean": float(d.mean()), "ci95": [float(lo), float(hi)], "n": len(ids),
-                  "above_zero": bool(lo > 0)}
-    return out
+    return {k: paired(base[k], other[k], resamples, seed) for k in base if set(base[k]) & set(other.get(k, {}))}
 
 
 def main() -> int:

@@ -10,10 +10,11 @@
 # Knobs (environment):
 #   ITERS      multi-reward run (default 100)
 #   ABLATIONS  any of "short semantic temporal aesthetic spatial nokl" (default all; "" for none): each
-#              reward alone, no KL, and `short` = the multi-reward mix on the ablations' budget, their
+#              reward alone, `nokl` = the multi-reward run (ITERS, all prompts) with beta = 0, and
+#              `short` = the multi-reward mix on the ablations' budget, their
 #              like-for-like reference (exported from multi's checkpoint at ABL_ITERS when ABL_CLIPS is ""
 #              and that checkpoint exists: the same prompts; else trained like the others)
-#   ABL_ITERS  iterations of each ablation (default 12)
+#   ABL_ITERS  iterations of each single-reward ablation (default 12)
 #   ABL_CLIPS  ablations draw prompts from the first ABL_CLIPS train clips (default 320; "" = all):
 #              start-up encodes every clip's condition, and a short run sees only 2 x ABL_ITERS prompts
 #   LIMIT      test clips to generate and evaluate (default all)
@@ -85,8 +86,8 @@ for abl in $ABLATIONS; do
             fi
             grpo_run multi_short "$ABL_ITERS" ${ABL_CLIPS:+--set "data.limit=$ABL_CLIPS"}
             systems+=("multi_short=$OUT/multi_short/final") ;;
-        nokl)
-            grpo_run nokl "$ABL_ITERS" --set loss.beta=0.0 ${ABL_CLIPS:+--set "data.limit=$ABL_CLIPS"}
+        nokl)  # Table 12: the multi-reward run itself without its KL term (same iterations and prompts)
+            grpo_run nokl "$ITERS" --set loss.beta=0.0
             systems+=("nokl=$OUT/nokl/final") ;;
         *) echo "post_train_default: unknown ablation '$abl'" >&2; exit 2 ;;
     esac
