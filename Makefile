@@ -9,7 +9,7 @@ ASSETS := src/prismaudio/assets
 # make web [WEB_ARGS="--port 8000 --model DIR"]: the web demo on http://127.0.0.1:7860 (Ctrl-C stops it).
 WEB_ARGS ?=
 
-.PHONY: setup demo web test test-slow bench judges visual-classifier train-default grpo-default vae-ps-init vae-spec-init clean
+.PHONY: setup demo web test test-slow bench judges visual-classifier train-default grpo-default paper-claims vae-ps-init vae-spec-init clean
 
 # The venv is (re)built whenever pyproject.toml changes. torch is pinned first so pip takes the
 # local CPU wheel (2.13.0) instead of resolving a CUDA build.
@@ -59,6 +59,11 @@ train-default: setup
 # evaluation; ABLATIONS="semantic temporal aesthetic spatial nokl" adds the single-reward / no-KL runs.
 grpo-default: setup
 	BIN=$(BIN) bash scripts/post_train_default.sh
+
+# The paper's Tables 3, 4, 12 and Figure 2 on the offline default, with bootstrap intervals
+# -> docs/paper_claims.md (+ .json, figures). Needs `make grpo-default`; resumable; ~2.5 h on 2 cores.
+paper-claims: setup
+	BIN=$(BIN) bash scripts/paper_claims.sh
 
 # Issue 17's candidate mini autoencoders (docs/training_notes.md): the model directories their VAE stages
 # start from. vae-ps-init: the stage-0 stereo Oobleck (from make train-default) made mono, with parametric
